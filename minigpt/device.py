@@ -1,0 +1,67 @@
+"""Device, dtype, autocast and seeding: the one place that decides where and how tensors run.
+
+Everything else asks this module instead of testing ``torch.cuda.is_available()`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from .errors import MiniGPTError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; any explicit name is checked for availability."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise MiniGPTError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MiniGPTError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MiniGPTError(f"device {name!r} requested but MPS is not available on this machine")
+    return device
+
+
+def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The compute dtype for autocast.
+
+    ``"auto"``: bfloat16 on a CUDA device that supports it, else float32 (CPU and MPS default to
+    full precision; ``"bfloat16"`` may still be asked for explicitly on the CPU).
+    """
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise MiniGPTError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise MiniGPTError("dtype 'float16' is not supported on the CPU; use 'bfloat16' or 'float32'")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for the forward pass; a no-op for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,128 @@
+"""Hugging Face GPT-2 checkpoints <-> minigpt, from and to a local directory (nothing downloads).
+
+HF's GPT-2 stores its linear layers as ``Conv1D`` with weight (in, out); ``nn.Linear`` keeps
+(out, in), so those four matrices per block are transposed on the way in and out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_tensors, read_json, save_tensors, write_json
+from .config import GPTConfig
+from .errors import MiniGPTError
+from .model import GPT
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
+
+
+def _config_from_hf(hf: dict, source: str) -> dict:
+    def require(cond: bool, what: str) -> None:
+        if not cond:
+            raise MiniGPTError(f"{source}: config {what} is not supported by minigpt's GPT-2 layout")
+
+    require(hf.get("model_type", "gpt2") == "gpt2", f"model_type {hf.get('model_type')!r}")
+    require(hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
+            f"activation_function {hf.get('activation_function')!r}")
+    require(hf.get("n_inner") in (None, 4 * hf.get("n_embd", 768)), f"n_inner {hf.get('n_inner')!r}")
+    require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
+    require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
+    try:
+        return dict(
+            vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+            n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            tie_weights=hf.get("tie_word_embeddings", True), bias=True, pos_embedding="learned",
+        )
+    except KeyError as err:
+        raise MiniGPTError(f"{source}: config has no key {err.args[0]!r}") from None
+
+
+def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    single, index, legacy = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
+    if single.is_file():
+        return load_tensors(single)
+    if index.is_file():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_tensors(path / shard).items()}
+    if legacy.is_file():
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise MiniGPTError(f"{path} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **overrides) -> GPT:
+    """Build a ``GPT`` from a GPT-2 config dict and its state dict (as ``GPT2LMHeadModel`` or
+    ``GPT2Model`` name them). ``overrides`` set GPTConfig fields such as ``dropout``."""
+    config = GPTConfig(**{**_config_from_hf(hf_config, source), **overrides})
+    model = GPT(config)
+    state = {}
+    for key, tensor in hf_state.items():
+        key = key.removeprefix("transformer.")
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        if key == "lm_head.weight":
+            if not config.tie_weights:  # when tied it is the same matrix as wte
+                state["head.weight"] = tensor
+            continue
+        state["backbone." + key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_weights and k == "head.weight")]
+    if missing or unexpected:
+        raise MiniGPTError(f"{source}: weights do not match the config: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def load_hf_gpt2(path: str | Path, **overrides) -> GPT:
+    """Build a minigpt ``GPT`` from a Hugging Face GPT-2 directory. See ``GPT.from_pretrained``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face GPT-2 checkpoint directory)")
+    hf_config = read_json(path / "config.json")
+    return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **overrides)
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` named and laid out as ``GPT2LMHeadModel`` expects.
+
+    GPT-2 has learned positions and biases everywhere, so a sinusoidal model gives its fixed table
+    as ``wpe`` and a bias-free model gives zero biases: the network computes the same function.
+    A tied model has no ``lm_head.weight`` (as Hugging Face saves it).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in model.backbone.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}"
+            tensors["transformer." + key] = param.detach().t() if key.endswith(CONV1D_SUFFIXES) else param.detach()
+        if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is None:
+            width = module.out_features if isinstance(module, torch.nn.Linear) else module.normalized_shape[0]
+            tensors[f"transformer.{name}.bias"] = torch.zeros(width)
+    if model.config.pos_embedding == "sinusoidal":
+        tensors["transformer.wpe.weight"] = model.backbone.wpe.table
+    if not model.config.tie_weights:
+        tensors["lm_head.weight"] = model.head.weight.detach()
+    return tensors
+
+
+def to_hf_config(config: GPTConfig) -> dict:
+    """A ``GPT2Config``-shaped dict for ``config``."""
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd, "n_inner": None,
+        "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,
+        "attn_pdrop": config.dropout, "embd_pdrop": config.dropout, "resid_pdrop": config.dropout,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "initializer_range": 0.02,
+    }
+    if config.vocab_size == 50257:
+        hf_config.update(bos_token_id=50256, eos_token_id=50256)
+    return hf_config
+
+
+def save_hf_gpt2(model: GPT, path: str | Path) -> None:
+    """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` reads."""
+    path = Path(path)
+    save_tensors(path / "model.safetensors", to_hf_state_dict(model))
+    write_json(path / "config.json", to_hf_config(model.config))

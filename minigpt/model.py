@@ -1,0 +1,155 @@
+"""The GPT: a backbone (embeddings, blocks, final LayerNorm) and a head on top of it."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+from .heads import LMHead
+from .layers import Block, positional_embedding
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counting real tokens only: (B, T) mask -> (B, T) positions.
+
+    With left padding, a row's first real token gets position 0, exactly as if the row were alone.
+    Padding slots get position 0 (they are masked out anyway).
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+class GPTBackbone(nn.Module):
+    """Token + position embeddings, ``n_layer`` pre-LN blocks, final LayerNorm: ids (B, T) -> hidden (B, T, C)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding (V, C)
+        self.wpe = positional_embedding(config)  # learned (block_size, C) table or fixed sinusoids
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(T, device=idx.device)  # (T,)
+            else:
+                position_ids = positions_from_mask(attention_mask)  # (B, T)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        for block in self.h:
+            x = block(x, attention_mask)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model.
+
+    ``model(idx, targets)`` returns ``(logits, loss)``: logits (B, T, V) and, when targets (B, T)
+    are given, the mean next-token cross-entropy over targets that are not -100.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = GPTBackbone(config)
+        self.head = LMHead(config.n_embd, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.backbone.wte.weight  # one (V, C) matrix reads and writes tokens
+        self.reset_parameters()
+
+    # --------------------------------------------------------------------------- init
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm at
+        identity, and the projections that write into the residual stream scaled by 1/√(2·n_layer)
+        so the stream's variance does not grow with depth."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        if not self.config.tie_weights:
+            nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    # --------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids; targets (B, T) next-token ids or -100 to ignore; attention_mask
+        (B, T) 1 for tokens, 0 for padding. Returns logits (B, T, V) and the loss (or None)."""
+        hidden = self.backbone(idx, attention_mask, position_ids)  # (B, T, C)
+        logits = self.head(hidden)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    # --------------------------------------------------------------------------- bookkeeping
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters counted once each (a tied matrix once). ``non_embedding`` leaves out the
+        position table, the usual convention for scaling laws (the tied token table doubles as
+        the LM head, so it stays in)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and isinstance(self.backbone.wpe, nn.Embedding):
+            n -= self.backbone.wpe.weight.numel()
+        return n
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: matrices and embeddings (≥ 2-D) decay; biases and LayerNorm gains do not."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def configure_optimizer(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
+        """AdamW over ``param_groups``, with the fused CUDA kernel when it is available."""
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(self.param_groups(weight_decay), lr=learning_rate, betas=betas, **extra)
+
+    # --------------------------------------------------------------------------- Hugging Face interop
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> "GPT":
+        """Load a local Hugging Face GPT-2 directory (config.json + model.safetensors or
+        pytorch_model.bin). Nothing is downloaded. ``overrides`` set GPTConfig fields such as
+        ``dropout`` or ``attn_backend``."""
+        from .hf import load_hf_gpt2
+
+        return load_hf_gpt2(path, **overrides)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write this model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
+        from .hf import save_hf_gpt2
+
+        save_hf_gpt2(self, path)

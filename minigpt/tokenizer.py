@@ -1,0 +1,195 @@
+"""Tokenizers behind one small interface: GPT-2 byte-level BPE (tiktoken, offline) and characters.
+
+Both turn ``str`` into ``list[int]`` and back, report ``vocab_size`` and ``eot_token`` (``None``
+when the vocabulary has no end-of-text token), and describe themselves as a JSON-able dict
+(``to_meta``) that data files and checkpoints store, so ``tokenizer_from_meta`` rebuilds the same
+tokenizer later.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+from .errors import MiniGPTError
+
+EOT_TEXT = "<|endoftext|>"
+
+# GPT-2's pre-tokenisation regex: contractions, letter runs, number runs, punctuation runs and
+# whitespace, each optionally led by one space (from the GPT-2 release, as tiktoken's "gpt2").
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class Tokenizer(Protocol):
+    """What the rest of minigpt needs from a tokenizer."""
+
+    vocab_size: int
+    eot_token: int | None
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+    def to_meta(self) -> dict: ...
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2 stores each byte as a printable unicode character in encoder.json; map it back.
+
+    Bytes that are printable and not whitespace stand for themselves; the other 68 are shifted to
+    code points 256, 257, ... in byte order (the convention of GPT-2's encoder.py).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    char_to_byte = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:
+            char_to_byte[chr(256 + shifted)] = b
+            shifted += 1
+    return char_to_byte
+
+
+def load_gpt2_ranks(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
+    """Read GPT-2's ``encoder.json`` and ``vocab.bpe`` into tiktoken's ``{token bytes: rank}`` table.
+
+    The ids in encoder.json are the BPE ranks; the merges file is checked against them so a mismatched
+    pair of files is reported instead of producing wrong ids.
+    """
+    for path in (encoder_json, vocab_bpe):
+        if not Path(path).is_file():
+            raise MiniGPTError(f"GPT-2 tokenizer file not found: {path}")
+    alphabet = _gpt2_byte_alphabet()
+
+    def to_bytes(token: str) -> bytes:
+        return bytes(alphabet[ch] for ch in token)
+
+    encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+    ranks = {to_bytes(tok): idx for tok, idx in encoder.items() if tok != EOT_TEXT}
+    merges = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:]  # line 0 is "#version: 0.2"
+    merges = [m for m in merges if m]
+    if len(ranks) != 256 + len(merges):
+        raise MiniGPTError(
+            f"{encoder_json} has {len(ranks)} tokens but {vocab_bpe} has {len(merges)} merges "
+            f"(expected 256 + merges): the two files do not belong together"
+        )
+    for line_no, merge in enumerate(merges, start=2):
+        left, right = merge.split(" ")
+        if ranks.get(to_bytes(left + right)) != 256 + line_no - 2:
+            raise MiniGPTError(f"{vocab_bpe}:{line_no}: merge {merge!r} disagrees with {encoder_json}")
+    return ranks
+
+
+@functools.lru_cache(maxsize=None)
+def _gpt2_encoding(encoder_json: str, vocab_bpe: str):
+    import tiktoken
+
+    ranks = load_gpt2_ranks(Path(encoder_json), Path(vocab_bpe))
+    return tiktoken.Encoding(
+        name="minigpt-gpt2",
+        pat_str=GPT2_SPLIT_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={EOT_TEXT: len(ranks)},
+    )
+
+
+def bundled_gpt2_files() -> tuple[Path, Path]:
+    """Paths of the ``encoder.json`` and ``vocab.bpe`` shipped inside the package."""
+    root = resources.files("minigpt") / "assets" / "gpt2"
+    return Path(str(root / "encoder.json")), Path(str(root / "vocab.bpe"))
+
+
+class GPT2Tokenizer:
+    """GPT-2 byte-level BPE (50,257 tokens) through tiktoken, built offline from local files.
+
+    ``<|endoftext|>`` typed in user text is encoded as ordinary text unless ``allow_special=True``.
+    Any unicode string round-trips: ``decode(encode(s)) == s``.
+    """
+
+    kind = "gpt2"
+
+    def __init__(self, encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None):
+        default_json, default_bpe = bundled_gpt2_files()
+        self.encoder_json = Path(encoder_json or default_json)
+        self.vocab_bpe = Path(vocab_bpe or default_bpe)
+        self._enc = _gpt2_encoding(str(self.encoder_json.resolve()), str(self.vocab_bpe.resolve()))
+        self.vocab_size: int = self._enc.n_vocab
+        self.eot_token: int | None = self._enc.eot_token
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        allowed = {EOT_TEXT} if allow_special else set()
+        return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_batch(self, texts: Iterable[str], allow_special: bool = False) -> list[list[int]]:
+        allowed = {EOT_TEXT} if allow_special else set()
+        return self._enc.encode_batch(list(texts), allowed_special=allowed, disallowed_special=())
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode(list(ids))
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """Raw bytes; a token can hold part of a multi-byte character, so streaming decodes from here."""
+        return self._enc.decode_bytes(list(ids))
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind}
+
+
+class CharTokenizer:
+    """One token per unicode character, with the vocabulary taken from a corpus.
+
+    The vocabulary (sorted characters) is stored in ``to_meta()`` so a checkpoint decodes the same
+    way it was trained. A character outside the vocabulary is an error that names it.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        chars = list(chars)
+        if not chars:
+            raise MiniGPTError("a character tokenizer needs at least one character in its vocabulary")
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise MiniGPTError("a character vocabulary must be distinct single characters")
+        self.chars = chars
+        self.stoi = {ch: i for i, ch in enumerate(chars)}
+        self.vocab_size: int = len(chars)
+        self.eot_token: int | None = None
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        try:
+            return [self.stoi[ch] for ch in text]
+        except KeyError:
+            pos = next(i for i, ch in enumerate(text) if ch not in self.stoi)
+            raise MiniGPTError(
+                f"character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} is not in this "
+                f"character vocabulary of {self.vocab_size} characters"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return self.decode(ids).encode("utf-8")
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
+    """Rebuild a tokenizer from what ``to_meta()`` stored."""
+    kind = meta.get("kind")
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "char":
+        if "chars" not in meta:
+            raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
+        return CharTokenizer(meta["chars"])
+    raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected 'gpt2' or 'char'")
