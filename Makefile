@@ -21,8 +21,11 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# prepare Tiny Shakespeare (characters) -> train the baby GPT (4x4x128, 2000 steps) -> sample
 demo: $(STAMP)
-	$(PY) -m minigpt.demo
+	$(PY) -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
+	$(PY) train.py configs/shakespeare_char.toml --out_dir=out-demo
+	$(PY) sample.py --ckpt out-demo --prompt "ROMEO:" --max_new_tokens=400
 
 clean:
 	rm -rf $(VENV) out-demo

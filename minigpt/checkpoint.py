@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import MiniGPTError
@@ -64,3 +64,96 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise MiniGPTError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+#
+# One safetensors file holds everything needed to sample from or resume a run, so it is written
+# with a single atomic rename and can never be half old, half new:
+#   tensors   "model.<name>"            weights (a tied LM head is stored once, as the embedding)
+#             "optim.<param>.<name>"    AdamW moments and step counts
+#             "rng.<name>"              torch RNG states (uint8)
+#   metadata  "minigpt"                 JSON: format, model config, tokenizer, iteration, losses,
+#                                       optimizer hyper-parameters, grad-scaler state, train config
+
+FORMAT = "minigpt-checkpoint-1"
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with shared tensors kept once (the first name wins)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    meta: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write ``model`` (+ optimizer and RNG state when given) and the JSON ``meta``."""
+    tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
+    meta = dict(meta, format=FORMAT)
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for idx, per_param in state["state"].items():
+            for name, value in per_param.items():
+                tensors[f"optim.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        meta["optimizer_param_groups"] = state["param_groups"]
+    for name, value in (rng or {}).items():
+        tensors[f"rng.{name}"] = value
+    save_tensors(path, tensors, metadata={"minigpt": json.dumps(meta)})
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``meta`` (dict) and its tensors, split by kind."""
+
+    def __init__(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict):
+        self.path, self.meta = path, meta
+        self.model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+        self._optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+
+    def load_model(self, model: torch.nn.Module) -> None:
+        """Copy the weights into ``model``; any mismatch is an error naming the keys."""
+        missing, unexpected = model.load_state_dict(self.model, strict=False)
+        expected = set(model_tensors(model))
+        missing = [k for k in missing if k in expected]  # tied copies are not stored
+        if missing or unexpected:
+            raise MiniGPTError(f"{self.path}: checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+
+    def optimizer_state(self) -> dict | None:
+        if "optimizer_param_groups" not in self.meta:
+            return None
+        state: dict[int, dict] = {}
+        for key, value in self._optim.items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+        return {"state": state, "param_groups": self.meta["optimizer_param_groups"]}
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; a truncated or foreign file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniGPTError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise MiniGPTError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None
+    try:
+        meta = json.loads(header["minigpt"])
+    except (KeyError, json.JSONDecodeError):
+        raise MiniGPTError(f"{path} is a safetensors file but not a minigpt checkpoint (no 'minigpt' metadata)") from None
+    if meta.get("format") != FORMAT:
+        raise MiniGPTError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
+    return Checkpoint(path, tensors, meta)

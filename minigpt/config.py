@@ -77,3 +77,163 @@ class GPTConfig:
         if unknown:
             raise MiniGPTError(f"unknown GPTConfig key(s) {unknown}; expected some of {sorted(known)}")
         return cls(**values)
+
+
+# ----------------------------------------------------------------------------- training configs
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train.py`` needs: read from a TOML file in ``configs/``, then ``--key=value`` overrides.
+
+    Model fields mirror ``GPTConfig`` (the vocabulary size comes from the prepared data).
+    """
+
+    # data and output
+    data_dir: str = _field("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
+    out_dir: str = _field("out", "where checkpoints, metrics.jsonl and loss.png are written")
+    resume: bool = _field(False, "continue from out_dir/ckpt_last (weights, optimizer, RNG, data order)")
+    # model
+    n_layer: int = _field(4, "transformer blocks")
+    n_head: int = _field(4, "attention heads per block")
+    n_embd: int = _field(128, "channels of the residual stream")
+    block_size: int = _field(64, "context length in tokens")
+    dropout: float = _field(0.0, "dropout on embeddings, attention weights and residual branches")
+    bias: bool = _field(True, "biases in Linear and LayerNorm layers")
+    pos_embedding: str = _field("learned", "positional embedding: learned or sinusoidal")
+    attn_backend: str = _field("sdpa", "attention: sdpa (fused kernel) or manual (explicit softmax)")
+    tie_weights: bool = _field(True, "tie the LM head to the token embedding")
+    # optimisation
+    batch_size: int = _field(12, "sequences per micro-batch (per process)")
+    gradient_accumulation_steps: int = _field(1, "micro-batches per optimizer step, summed over all processes")
+    max_iters: int = _field(2000, "optimizer steps in total")
+    learning_rate: float = _field(1e-3, "peak learning rate")
+    min_lr: float = _field(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = _field(100, "steps of linear warmup from 0 to learning_rate")
+    lr_decay_iters: int = _field(0, "steps over which the cosine decays to min_lr (0: max_iters)")
+    decay_lr: bool = _field(True, "warmup + cosine schedule; false keeps learning_rate constant")
+    weight_decay: float = _field(0.1, "AdamW weight decay on matrices and embeddings")
+    beta1: float = _field(0.9, "AdamW beta1")
+    beta2: float = _field(0.99, "AdamW beta2")
+    grad_clip: float = _field(1.0, "clip the global gradient norm to this (0: off)")
+    # evaluation, logging, checkpoints
+    eval_interval: int = _field(250, "evaluate and checkpoint every this many steps")
+    eval_iters: int = _field(200, "batches averaged for each evaluation")
+    log_interval: int = _field(10, "steps between metrics.jsonl lines")
+    eval_only: bool = _field(False, "evaluate the checkpoint in out_dir and exit")
+    plot: bool = _field(True, "write out_dir/loss.png at the end")
+    # system
+    device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = _field("auto", "auto (bf16 on capable CUDA, else fp32), float32, bfloat16, float16 (CUDA)")
+    compile: bool = _field(False, "torch.compile the model")
+    seed: int = _field(1337, "random seed (data order, init, dropout)")
+    progress: bool = _field(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
+        for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise MiniGPTError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
+            if getattr(self, name) < 0:
+                raise MiniGPTError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        names = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size", "layer_norm_eps"}
+        return GPTConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(key: str, value: Any, tp: type, source: str) -> Any:
+    """Convert ``value`` (from TOML or a CLI string) to the field's type, or explain what was expected."""
+    tp = {"int": int, "float": float, "bool": bool, "str": str}.get(tp, tp) if isinstance(tp, str) else tp
+    if isinstance(value, str) and tp is not str:
+        text = value.strip()
+        if tp is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+        else:
+            try:
+                number = float(text) if tp is float else int(text)
+            except ValueError:
+                pass
+            else:
+                return number
+        raise MiniGPTError(f"{source}: {key} expects {_type_name(tp)}, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise MiniGPTError(f"{source}: {key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(key: str, known: list[str], source: str) -> MiniGPTError:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; run with --help to list the keys"
+    return MiniGPTError(f"{source}: unknown key {key!r}{hint}")
+
+
+def build_config(cls, toml_path: str | None, overrides: list[str]):
+    """Read ``toml_path`` (flat ``key = value`` lines), apply ``--key=value`` overrides, validate.
+
+    Unknown keys and values of the wrong type are errors naming the file (or "command line") and key.
+    """
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        path = Path(toml_path)
+        if not path.is_file():
+            raise MiniGPTError(f"config file not found: {path}")
+        try:
+            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise MiniGPTError(f"{path}: not valid TOML ({err})") from None
+        for key, value in loaded.items():
+            if key not in fields:
+                raise _unknown_key(key, list(fields), str(path))
+            values[key] = coerce(key, value, fields[key].type, str(path))
+    for item in overrides:
+        if not item.startswith("--"):
+            raise MiniGPTError(f"command line: expected --key=value, got {item!r}")
+        key, has_value, raw = item[2:].partition("=")
+        if not has_value and key in fields and fields[key].type in (bool, "bool"):
+            raw = "true"  # a bare --flag switches a boolean on
+        elif not has_value:
+            raise MiniGPTError(f"command line: expected --key=value, got {item!r}")
+        if key not in fields:
+            raise _unknown_key(key, list(fields), "command line")
+        values[key] = coerce(key, raw, fields[key].type, "command line")
+    return cls(**values)
+
+
+def config_help(cls) -> str:
+    """One line per key: name, type, default and meaning (for ``--help``)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = str(f.default).lower() if isinstance(f.default, bool) else repr(f.default)
+        lines.append(f"  --{f.name}={default}".ljust(44) + f"{_type_name(f.type):<6} {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Loss curves from ``metrics.jsonl``: ``python -m minigpt.plot OUT_DIR`` writes OUT_DIR/loss.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import MiniGPTError
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise MiniGPTError(f"{path} not found; it is written by train.py")
+    records = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise MiniGPTError(f"{path}:{line_no}: not a JSON line") from None
+    return records
+
+
+def plot_losses(out_dir: str | Path) -> Path | None:
+    """Train (per step) and val (per evaluation) loss against iteration, with tokens on a top axis.
+
+    Returns the PNG path, or None (with a note) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: install matplotlib (pip install 'minigpt[plot]') for loss.png", file=sys.stderr)
+        return None
+    records = read_metrics(out_dir)
+    # a resumed run appends; keep the last record for each (kind, iteration)
+    train = {r["iter"]: r for r in records if "train_loss" in r}
+    val = {r["iter"]: r for r in records if "val_loss" in r}
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if train:
+        its = sorted(train)
+        ax.plot(its, [train[i]["train_loss"] for i in its], lw=0.8, alpha=0.6, label="train (batch)")
+    if val:
+        its = sorted(val)
+        ax.plot(its, [val[i]["train_loss_eval"] for i in its], "o-", ms=3, label="train (eval)")
+        ax.plot(its, [val[i]["val_loss"] for i in its], "o-", ms=3, label="val")
+        best = min(its, key=lambda i: val[i]["val_loss"])
+        ax.annotate(f"best val {val[best]['val_loss']:.3f}", (best, val[best]["val_loss"]),
+                    textcoords="offset points", xytext=(0, 12), ha="center", fontsize=8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    any_record = next(iter(train.values()), None) or next(iter(val.values()), None)
+    if any_record and any_record.get("iter"):
+        per_iter = any_record["tokens"] / any_record["iter"]
+        top = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
+        top.set_xlabel("tokens")
+    ax.set_title(Path(out_dir).name)
+    fig.tight_layout()
+    png = Path(out_dir) / "loss.png"
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minigpt.plot", description="Write OUT_DIR/loss.png from OUT_DIR/metrics.jsonl.")
+    parser.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    try:
+        png = plot_losses(args.out_dir)
+    except MiniGPTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if png:
+        print(png)
+    return 0 if png else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""The training loop: AdamW with warmup + cosine decay, gradient accumulation and clipping, mixed
+precision, optional torch.compile and DDP, periodic evaluation, atomic checkpoints, exact resume,
+a progress bar, metrics.jsonl and a loss plot.
+
+``train(cfg)`` is what ``train.py`` calls. Under ``torchrun`` it runs data-parallel (nccl on GPUs,
+gloo on CPUs); only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import RandomWindows, load_meta, open_tokens
+from .device import autocast, resolve_device, resolve_dtype, seed_everything
+from .errors import MiniGPTError
+from .model import GPT
+from .perf import flops_per_token, measure_matmul_peak
+
+LAST, BEST = "ckpt_last.safetensors", "ckpt_best.safetensors"
+
+
+class NonFiniteLoss(MiniGPTError):
+    """The loss became NaN or infinite; the last good checkpoint was left untouched."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved before stopping."""
+
+
+def learning_rate(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate over warmup_iters, then cosine decay to min_lr by lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+@dataclass
+class Distributed:
+    """Where this process stands in a (possibly one-process) data-parallel run."""
+
+    enabled: bool
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        if int(os.environ.get("RANK", -1)) == -1:
+            return cls(enabled=False)
+        return cls(True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it can save first."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def batch_seed(seed: int, it: int, micro: int) -> int:
+    """Seed of the batch drawn for micro-batch ``micro`` of step ``it``. Data order is a function of
+    the step alone, so a resumed run draws the same windows; under DDP rank r takes micro-batches
+    r·accum ... r·accum + accum - 1, so N processes see exactly the batches of one process with N
+    times the accumulation."""
+    return (seed * 1_000_003 + it * 10_007 + micro) % (2**63)
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def stop_requested(stop: StopSignal, ddp: Distributed, device: torch.device, at_boundary: bool) -> bool:
+    """Whether to save and stop now. Under DDP the ranks agree (at log boundaries only, to keep the
+    per-step path free of an extra collective), so they all stop at the same step."""
+    if not ddp.enabled:
+        return stop.received is not None
+    if not at_boundary:
+        return False
+    flag = torch.tensor(float(stop.received is not None), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
+    ddp = Distributed.from_env()
+    if ddp.enabled:
+        backend = "nccl" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        device = resolve_device(cfg.device)
+    try:
+        return _train(cfg, ddp, device)
+    finally:
+        if ddp.enabled:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
+    if cfg.gradient_accumulation_steps % ddp.world_size:
+        raise MiniGPTError(
+            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number "
+            f"of processes ({ddp.world_size})"
+        )
+    accum = cfg.gradient_accumulation_steps // ddp.world_size
+    dtype = resolve_dtype(device, cfg.dtype)
+    out_dir = Path(cfg.out_dir)
+    seed_everything(cfg.seed)  # same initial weights on every rank
+
+    meta = load_meta(cfg.data_dir)
+    train_tokens, val_tokens = open_tokens(cfg.data_dir, "train", meta), open_tokens(cfg.data_dir, "val", meta)
+    model_config = cfg.model_config(vocab_size=meta["vocab_size"])
+    model = GPT(model_config).to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    iter_num, best_val = 0, float("inf")
+    if cfg.resume or cfg.eval_only:
+        ckpt = load_checkpoint(out_dir / LAST)
+        if ckpt.meta["model_config"] != model_config.to_dict():
+            raise MiniGPTError(
+                f"{ckpt.path}: checkpoint model {ckpt.meta['model_config']} differs from the config {model_config.to_dict()}"
+            )
+        ckpt.load_model(model)
+        if ckpt.optimizer_state() is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state())
+        if ckpt.meta.get("scaler"):
+            scaler.load_state_dict(ckpt.meta["scaler"])
+        iter_num, best_val = ckpt.meta["iter_num"], ckpt.meta.get("best_val_loss", float("inf"))
+        if ddp.master:
+            set_rng_state(ckpt.rng, device)
+        else:  # only rank 0's dropout stream is stored; the others restart theirs deterministically
+            torch.manual_seed(batch_seed(cfg.seed + ddp.rank, iter_num, 0))
+    elif ddp.rank:
+        torch.manual_seed(cfg.seed + ddp.rank)  # distinct dropout masks per rank
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+
+    def draw(tokens, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return RandomWindows(tokens, cfg.block_size, cfg.batch_size, device, seed).next_batch()
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
+        model.eval()
+        losses = {}
+        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+            total = torch.zeros((), device=device)
+            for k in range(cfg.eval_iters):
+                x, y = draw(tokens, batch_seed(cfg.seed + 1, -1, ddp.rank * cfg.eval_iters + k))
+                with autocast(device, dtype):
+                    _, loss = model(x, y)
+                total += loss.float()
+            if ddp.enabled:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            losses[split] = total.item() / cfg.eval_iters
+        model.train()
+        return losses
+
+    def checkpoint_meta() -> dict:
+        return {
+            "model_config": model_config.to_dict(), "tokenizer": meta["tokenizer"], "train_config": cfg.to_dict(),
+            "iter_num": iter_num, "best_val_loss": best_val, "tokens_seen": iter_num * tokens_per_step,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        }
+
+    def save(name: str) -> None:
+        if ddp.master:
+            save_checkpoint(out_dir / name, raw_model, checkpoint_meta(), optimizer, rng_state(device))
+
+    if cfg.eval_only:
+        losses = evaluate()
+        if ddp.master:
+            print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                  f"val perplexity {math.exp(losses['val']):.2f}")
+        return {"iter_num": iter_num, **losses}
+
+    flops_per_step = flops_per_token(model_config, raw_model.num_parameters(non_embedding=True)) * tokens_per_step
+    peak = measure_matmul_peak(device, dtype if dtype != torch.float16 or device.type == "cuda" else torch.float32, n=1024)
+    metrics_path = out_dir / "metrics.jsonl"
+    if ddp.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"model: {raw_model.num_parameters():,} parameters | data: {meta['train_tokens']:,} train tokens "
+              f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}) | {tokens_per_step:,} tokens/step | "
+              f"{device}, {str(dtype).removeprefix('torch.')}" + (f", {ddp.world_size} processes" if ddp.enabled else ""))
+
+    def log(record: dict) -> None:
+        if ddp.master:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    last_losses: dict[str, float] = {}
+    bar = tqdm(total=cfg.max_iters, initial=iter_num, desc="train", unit="step", dynamic_ncols=True,
+               disable=None if cfg.progress and ddp.master else True, file=sys.stderr)  # None: only on a terminal
+    resumed_at = iter_num if cfg.resume else None
+    with StopSignal() as stop:
+        t_last, window_steps = time.perf_counter(), 0
+        while True:
+            if iter_num % cfg.eval_interval == 0 and iter_num != resumed_at or iter_num == cfg.max_iters:
+                last_losses = evaluate()
+                improved = last_losses["val"] < best_val
+                best_val = min(best_val, last_losses["val"])
+                log({"iter": iter_num, "tokens": iter_num * tokens_per_step, "train_loss_eval": last_losses["train"],
+                     "val_loss": last_losses["val"], "val_ppl": math.exp(min(last_losses["val"], 50))})
+                bar.write(f"iter {iter_num}: train {last_losses['train']:.4f}, val {last_losses['val']:.4f}"
+                          + (" (best)" if improved else ""))
+                if iter_num > 0:
+                    save(LAST)
+                    if improved:
+                        save(BEST)
+            if iter_num >= cfg.max_iters:
+                break
+
+            lr = learning_rate(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            for micro in range(accum):
+                x, y = draw(train_tokens, batch_seed(cfg.seed, iter_num, ddp.rank * accum + micro))
+                sync_grads = not ddp.enabled or micro == accum - 1  # all-reduce once, after the last micro-batch
+                with (nullcontext() if sync_grads else model.no_sync()), autocast(device, dtype):
+                    _, loss = model(x, y)
+                    loss = loss / accum
+                scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
+            if ddp.enabled:
+                dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+            if not torch.isfinite(step_loss):
+                last = out_dir / LAST
+                raise NonFiniteLoss(
+                    f"loss is {step_loss.item()} at iteration {iter_num}; stopped without saving. Last good "
+                    f"checkpoint: {last if last.exists() else 'none yet'} (try a lower learning_rate or grad_clip)"
+                )
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+            window_steps += 1
+            bar.update(1)
+
+            if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+                loss_value = step_loss.item()  # the one host sync per log interval
+                elapsed = time.perf_counter() - t_last
+                tok_s = window_steps * tokens_per_step / elapsed
+                mfu = window_steps * flops_per_step / elapsed / (peak * ddp.world_size)
+                t_last, window_steps = time.perf_counter(), 0
+                log({"iter": iter_num, "tokens": iter_num * tokens_per_step, "train_loss": loss_value, "lr": lr,
+                     "tok_per_s": tok_s, "mfu": mfu})
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
+
+            if stop_requested(stop, ddp, device, at_boundary=iter_num % cfg.log_interval == 0):
+                save(LAST)
+                bar.close()
+                if ddp.master:
+                    print(f"\ninterrupted: saved {out_dir / LAST} at iteration {iter_num}; "
+                          f"continue with --resume", file=sys.stderr)
+                raise Interrupted(iter_num)
+    bar.close()
+
+    if ddp.master and cfg.plot:
+        from .plot import plot_losses
+
+        png = plot_losses(out_dir)
+        if png:
+            print(f"loss curve: {png}")
+    return {"iter_num": iter_num, "best_val_loss": best_val, **{f"{k}_loss": v for k, v in last_losses.items()},
+            "out_dir": str(out_dir)}
+
+
+USAGE = """usage: python train.py CONFIG.toml [--key=value ...] [--resume] [--debug]
+       torchrun --nproc_per_node=N train.py CONFIG.toml [...]
+
+Pretrain a GPT on data prepared by `python -m minigpt.data`. Settings come from the TOML file
+(flat `key = value` lines), then from --key=value overrides; a bare --flag sets a boolean to true.
+An unknown key or a value of the wrong type is an error.
+
+Writes OUT_DIR/ckpt_last.safetensors (every eval_interval steps and on Ctrl-C),
+OUT_DIR/ckpt_best.safetensors (lowest val loss), OUT_DIR/metrics.jsonl and OUT_DIR/loss.png.
+
+keys (default, type, meaning):
+"""
+
+
+def main(argv: list[str]) -> int:
+    from .config import build_config, config_help
+
+    if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
+        print(USAGE + config_help(TrainConfig))
+        return 0
+    toml_path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
+    cfg = build_config(TrainConfig, toml_path, overrides)
+    try:
+        summary = train(cfg)
+    except Interrupted:
+        return 130
+    if Distributed.from_env().master and "val_loss" in summary:
+        print(f"done: {summary['iter_num']} iterations, val loss {summary['val_loss']:.4f} "
+              f"(best {summary['best_val_loss']:.4f}), checkpoints in {summary['out_dir']}")
+    return 0

@@ -1,0 +1,9 @@
+"""Pretrain a GPT: python train.py configs/shakespeare_char.toml [--key=value ...]  (see --help)."""
+
+import sys
+
+from minigpt.cli import run_cli
+from minigpt.trainer import main
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
