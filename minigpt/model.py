@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -132,10 +131,15 @@ class GPT(nn.Module):
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ) -> torch.optim.AdamW:
-        """AdamW over ``param_groups``, with the fused CUDA kernel when it is available."""
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        extra = {"fused": True} if fused else {}
-        return torch.optim.AdamW(self.param_groups(weight_decay), lr=learning_rate, betas=betas, **extra)
+        """AdamW over ``param_groups``, with the fused kernel where this torch has one for the device
+        (CUDA; also the CPU from torch 2.4, where it is about 3x faster than the per-tensor loop)."""
+        groups = self.param_groups(weight_decay)
+        if device_type in ("cuda", "cpu"):
+            try:
+                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+            except (RuntimeError, TypeError):  # older torch: no fused kernel for this device
+                pass
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
     # --------------------------------------------------------------------------- Hugging Face interop
 

@@ -1,0 +1,141 @@
+"""Training throughput and MFU on this machine, against the matmul peak measured in the same run.
+
+    python bench/train_speed.py                 # every row (several minutes on 2 CPU cores)
+    python bench/train_speed.py --only baby     # rows whose name contains "baby"
+    python bench/train_speed.py --no-compile    # skip the torch.compile rows
+
+MFU = (6N + 12·L·H·Q·T) FLOPs per token × tokens/s ÷ peak, with N the non-embedding parameters and
+the peak the best of several large square matmuls in the same dtype, timed a moment earlier.
+The bf16 rows train from the same initial weights on the same batches as their fp32 row, so the
+final losses after the same number of steps can be compared directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer
+from minigpt.device import autocast
+from minigpt.perf import flops_per_token, measure_matmul_peak
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT / "data" / "tinyshakespeare" / "input.txt"
+
+
+@dataclass
+class Shape:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    tokenizer: str  # "char" or "gpt2"
+    steps: int
+
+
+SHAPES = [
+    Shape("baby char 4x4x128 T64 B12", 4, 4, 128, 64, 12, "char", 60),
+    Shape("6x384 T256 B8 gpt2-vocab", 6, 6, 384, 256, 8, "gpt2", 12),
+    Shape("gpt2-124M T256 B4", 12, 12, 768, 256, 4, "gpt2", 4),
+]
+
+
+def token_stream(kind: str) -> tuple[np.ndarray, int]:
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    tok = CharTokenizer.from_text(text) if kind == "char" else GPT2Tokenizer()
+    return np.asarray(tok.encode(text[:400_000]), dtype=np.int64), tok.vocab_size
+
+
+def batches(tokens: np.ndarray, shape: Shape, n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        starts = rng.integers(0, len(tokens) - shape.block_size - 1, shape.batch_size)
+        window = torch.from_numpy(np.stack([tokens[s: s + shape.block_size + 1] for s in starts]))
+        out.append((window[:, :-1], window[:, 1:]))
+    return out
+
+
+def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compile_model: bool, warmup: int):
+    """Train `shape` for warmup + steps steps; returns (tokens/s over the timed steps, final loss)."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab, block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head,
+                       n_embd=shape.n_embd, attn_backend=backend)
+    model = GPT(config)
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
+    step_model = torch.compile(model) if compile_model else model
+    device = torch.device("cpu")
+    loss = None
+    start = None
+    for i, (x, y) in enumerate(data[: warmup + shape.steps]):
+        if i == warmup:
+            start = time.perf_counter()
+        with autocast(device, dtype):
+            _, loss = step_model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - start
+    return shape.steps * shape.batch_size * shape.block_size / elapsed, loss.item(), model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run only shapes whose name contains this")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
+    parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast rows")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every shape's timed steps")
+    args = parser.parse_args()
+
+    device = torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
+    peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
+    print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)\n")
+
+    header = f"| {'shape':<28} | {'attention':<9} | {'dtype':<5} | {'compile':<7} | {'tokens/s':>9} | {'MFU':>5} | {'vs fp32':>7} | {'loss':>6} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for shape in SHAPES:
+        if args.only not in shape.name:
+            continue
+        shape.steps = max(2, round(shape.steps * args.steps_scale))
+        tokens, vocab = token_stream(shape.tokenizer)
+        warmup, compile_warmup = 3, 8  # compiled rows also absorb compilation and recompiles
+        data = batches(tokens, shape, compile_warmup + shape.steps)
+        variants = [("sdpa", torch.float32, False), ("manual", torch.float32, False)]
+        if not args.no_bf16:
+            variants.append(("sdpa", torch.bfloat16, False))
+        if not args.no_compile:
+            variants.append(("sdpa", torch.float32, True))
+            if not args.no_bf16:
+                variants.append(("sdpa", torch.bfloat16, True))
+        fp32_tok_s = None
+        for backend, dtype, comp in variants:
+            try:
+                tok_s, loss, model = run(shape, vocab, data, backend, dtype, comp, warmup=compile_warmup if comp else warmup)
+            except Exception as err:  # report a row that cannot run (e.g. compile without a compiler)
+                dname = "bf16" if dtype == torch.bfloat16 else "fp32"
+                print(f"| {shape.name:<28} | {backend:<9} | {dname:<5} | {str(comp):<7} | failed: {type(err).__name__}: {err}"[:200])
+                continue
+            cfg = model.config
+            flops = flops_per_token(cfg, model.num_parameters(non_embedding=True)) * tok_s
+            peak = peak16 if dtype == torch.bfloat16 else peak32
+            if backend == "sdpa" and dtype == torch.float32 and not comp:
+                fp32_tok_s = tok_s
+            ratio = f"{tok_s / fp32_tok_s:.2f}x" if fp32_tok_s else "-"
+            dname = "bf16" if dtype == torch.bfloat16 else "fp32"
+            print(f"| {shape.name:<28} | {backend:<9} | {dname:<5} | {str(comp):<7} | {tok_s:>9,.0f} | "
+                  f"{flops / peak:>5.1%} | {ratio:>7} | {loss:>6.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
