@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .heads import LMHead
-from .layers import Block, positional_embedding
+from .layers import Block, KVCache, positional_embedding
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class GPTBackbone(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding (V, C)
         self.wpe = positional_embedding(config)  # learned (block_size, C) table or fixed sinusoids
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
 
     def forward(
@@ -40,19 +40,33 @@ class GPTBackbone(nn.Module):
         idx: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """idx (B, T) new tokens; attention_mask (B, S) over cached + new tokens; position_ids (B, T)
+        or (T,), by default counted from the mask (or from the cache length); kv_cache is read and
+        extended by T positions. Returns hidden states (B, T, C)."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
         if position_ids is None:
             if attention_mask is None:
-                position_ids = torch.arange(T, device=idx.device)  # (T,)
+                position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
             else:
-                position_ids = positions_from_mask(attention_mask)  # (B, T)
+                position_ids = positions_from_mask(attention_mask)[:, past:]  # (B, T)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
-            x = block(x, attention_mask)  # (B, T, C)
+            x = block(x, attention_mask, kv_cache)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.length += T
         return self.ln_f(x)  # (B, T, C)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default block_size) tokens."""
+        cfg = self.config
+        weight = self.wte.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len or cfg.block_size, cfg.head_dim,
+                       weight.device, dtype or weight.dtype)
 
 
 class GPT(nn.Module):
@@ -99,10 +113,12 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids; targets (B, T) next-token ids or -100 to ignore; attention_mask
-        (B, T) 1 for tokens, 0 for padding. Returns logits (B, T, V) and the loss (or None)."""
-        hidden = self.backbone(idx, attention_mask, position_ids)  # (B, T, C)
+        (B, T) 1 for tokens, 0 for padding (with a cache: (B, cached + T)). Returns logits (B, T, V)
+        and the loss (or None)."""
+        hidden = self.backbone(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
         logits = self.head(hidden)  # (B, T, V)
         loss = None
         if targets is not None:

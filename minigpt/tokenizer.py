@@ -193,3 +193,24 @@ def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
             raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
         return CharTokenizer(meta["chars"])
     raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected 'gpt2' or 'char'")
+
+
+class StreamDecoder:
+    """Decode tokens one at a time without printing broken characters.
+
+    A byte-level BPE token can end in the middle of a multi-byte UTF-8 character (Chinese, emoji);
+    its bytes are held back until the character is complete. ``flush()`` returns what is left
+    (an incomplete tail becomes U+FFFD).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        import codecs
+
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self._utf8.decode(self.tokenizer.decode_bytes([token]))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
