@@ -157,3 +157,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise MiniGPTError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
     return Checkpoint(path, tensors, meta)
+
+
+def read_safetensors_metadata(path: str | Path, key: str) -> dict:
+    """The JSON stored under ``key`` in a safetensors header; clear errors if absent or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniGPTError(f"file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise MiniGPTError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if key not in header:
+        raise MiniGPTError(f"{path} has no {key!r} metadata (not written by minigpt?)")
+    return json.loads(header[key])

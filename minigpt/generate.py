@@ -142,15 +142,15 @@ def stream(
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits, _ = model(seq[:, -block:], attention_mask=seq_mask[:, -block:])
+                logits, _ = model(seq[:, -block:], attention_mask=seq_mask[:, -block:], logits_to_keep=1)
             elif cache is None or cache.length + 1 > block:  # (re)fill the cache from the recent context
                 keep = block if cache is None else block // 2
                 cache = model.backbone.new_kv_cache(B)
-                logits, _ = model(seq[:, -keep:], attention_mask=seq_mask[:, -keep:], kv_cache=cache)
+                logits, _ = model(seq[:, -keep:], attention_mask=seq_mask[:, -keep:], kv_cache=cache, logits_to_keep=1)
                 cache_mask = seq_mask[:, -keep:]
             else:  # one new token against the cached keys and values
                 cache_mask = torch.cat([cache_mask, torch.ones_like(cache_mask[:, :1])], dim=1)
-                logits, _ = model(seq[:, -1:], attention_mask=cache_mask, kv_cache=cache)
+                logits, _ = model(seq[:, -1:], attention_mask=cache_mask, kv_cache=cache, logits_to_keep=1)
             logits = logits[:, -1, :].float()  # (B, V)
 
             if repetition_penalty is not None and repetition_penalty != 1.0:

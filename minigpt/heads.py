@@ -1,9 +1,17 @@
-"""Heads: what turns the backbone's hidden states (B, T, C) into an answer."""
+"""Heads: what turns the backbone's hidden states (B, T, C) into an answer.
+
+Every head takes ``(hidden (B, T, C), attention_mask (B, T) or None)``. The backbone never knows
+which head sits on it, so heads can be swapped, saved and loaded on their own.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from .errors import MiniGPTError
+
+POOLINGS = ("last", "mean", "first")
 
 
 class LMHead(nn.Module):
@@ -13,5 +21,59 @@ class LMHead(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, n_embd))  # (V, C), like the embedding table
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, V)
-        return hidden @ self.weight.t()
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return hidden @ self.weight.t()  # (B, T, C) -> (B, T, V)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """One vector per sequence from (B, T, C), ignoring padding: (B, C).
+
+    "last": the last real token (in a causal model the only one that has read the whole text);
+    "mean": the average over real tokens; "first": the first real token. Works for right or left
+    padding, since real positions are read from the mask.
+    """
+    B, T, _ = hidden.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(B, T, dtype=torch.long, device=hidden.device)
+    mask = attention_mask.to(hidden.dtype)  # (B, T)
+    positions = torch.arange(T, device=hidden.device)  # (T,)
+    rows = torch.arange(B, device=hidden.device)
+    if how == "last":
+        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # (B,)
+        return hidden[rows, last.clamp(min=0)]  # (B, C)
+    if how == "first":
+        first = torch.where(attention_mask.bool(), positions, T).min(dim=1).values  # (B,)
+        return hidden[rows, first.clamp(max=T - 1)]  # (B, C)
+    if how == "mean":
+        summed = (hidden * mask[..., None]).sum(dim=1)  # (B, C)
+        return summed / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    raise MiniGPTError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
+
+
+class ClassificationHead(nn.Module):
+    """Text classification on top of the backbone: pool (B, T, C) -> (B, C), then an optional hidden
+    layer (Linear -> GELU) and dropout, then Linear -> (B, n_classes) logits."""
+
+    def __init__(self, n_embd: int, n_classes: int, pooling: str = "last", hidden: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        if n_classes < 2:
+            raise MiniGPTError(f"a classification head needs at least 2 classes, got {n_classes}")
+        if pooling not in POOLINGS:
+            raise MiniGPTError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        self.n_classes, self.pooling, self.hidden = n_classes, pooling, hidden
+        width = hidden or n_embd
+        self.proj = nn.Sequential(nn.Linear(n_embd, hidden), nn.GELU()) if hidden else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(width, n_classes)
+        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = pool(hidden, attention_mask, self.pooling)  # (B, C)
+        return self.out(self.dropout(self.proj(pooled)))  # (B, n_classes)
+
+    def describe(self) -> dict:
+        """What is needed to build this head again (saved beside its weights)."""
+        return {"n_classes": self.n_classes, "pooling": self.pooling, "hidden": self.hidden,
+                "dropout": self.dropout.p, "n_embd": self.out.in_features if not self.hidden else self.proj[0].in_features}

@@ -114,11 +114,17 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids; targets (B, T) next-token ids or -100 to ignore; attention_mask
         (B, T) 1 for tokens, 0 for padding (with a cache: (B, cached + T)). Returns logits (B, T, V)
-        and the loss (or None)."""
+        and the loss (or None). ``logits_to_keep=k`` computes logits for the last k positions only
+        (generation needs just the last one; the LM head is the largest matmul at inference)."""
+        if logits_to_keep and targets is not None:
+            raise ValueError("logits_to_keep is for inference; the loss needs logits at every position")
         hidden = self.backbone(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]  # (B, k, C)
         logits = self.head(hidden)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -173,3 +179,77 @@ class GPT(nn.Module):
         from .hf import save_hf_gpt2
 
         save_hf_gpt2(self, path)
+
+
+class GPTClassifier(nn.Module):
+    """A GPT backbone with swappable task heads (e.g. one per data set).
+
+    ``model(idx, attention_mask, labels)`` returns ``(logits (B, n_classes), loss or None)`` from
+    the active head. Heads are kept in ``self.heads`` by name; ``add_head`` / ``use_head`` /
+    ``remove_head`` never touch the backbone, and ``save_head`` / ``load_head`` move a head alone.
+    """
+
+    def __init__(self, backbone: GPTBackbone, head: nn.Module, name: str = "default"):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict({name: head})
+        self.active = name
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT, head: nn.Module, name: str = "default") -> "GPTClassifier":
+        """Take the backbone of a (pretrained) language model; its LM head is left behind."""
+        return cls(gpt.backbone, head, name)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.heads[self.active]
+
+    def add_head(self, name: str, head: nn.Module, use: bool = True) -> None:
+        self.heads[name] = head
+        if use:
+            self.active = name
+
+    def use_head(self, name: str) -> None:
+        if name not in self.heads:
+            raise KeyError(f"no head named {name!r}; have {list(self.heads)}")
+        self.active = name
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden = self.backbone(idx, attention_mask)  # (B, T, C)
+        logits = self.head(hidden, attention_mask)  # (B, n_classes)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        return logits, loss
+
+    def save_head(self, path: str | Path, name: str | None = None, extra: dict | None = None) -> None:
+        """Write one head (default: the active one) as safetensors, with what rebuilds it."""
+        import json
+
+        from .checkpoint import save_tensors
+
+        head = self.heads[name or self.active]
+        meta = {"head": head.describe(), **(extra or {})}
+        save_tensors(path, dict(head.state_dict()), metadata={"minigpt_head": json.dumps(meta)})
+
+    def load_head(self, path: str | Path, name: str = "default", use: bool = True) -> dict:
+        """Add the head saved at ``path`` under ``name``; returns the saved metadata."""
+        from .checkpoint import read_safetensors_metadata, load_tensors
+        from .errors import MiniGPTError
+        from .heads import ClassificationHead
+
+        meta = read_safetensors_metadata(path, "minigpt_head")
+        spec = dict(meta["head"])
+        n_embd = spec.pop("n_embd")
+        if n_embd != self.backbone.config.n_embd:
+            raise MiniGPTError(f"{path}: head expects {n_embd} channels, backbone has {self.backbone.config.n_embd}")
+        head = ClassificationHead(n_embd, **spec)
+        head.load_state_dict(load_tensors(path))
+        self.add_head(name, head.to(self.backbone.wte.weight.device), use)
+        return meta
