@@ -87,26 +87,12 @@ def _field(default, help: str):
 
 
 @dataclass
-class TrainConfig:
-    """Everything ``train.py`` needs: read from a TOML file in ``configs/``, then ``--key=value`` overrides.
+class LoopConfig:
+    """Settings every training run shares (pretraining and classification)."""
 
-    Model fields mirror ``GPTConfig`` (the vocabulary size comes from the prepared data).
-    """
-
-    # data and output
-    data_dir: str = _field("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
-    out_dir: str = _field("out", "where checkpoints, metrics.jsonl and loss.png are written")
+    task: str = _field("pretrain", "what to train: pretrain (next-token LM) or classify (text classifier)")
+    out_dir: str = _field("out", "where checkpoints, metrics.jsonl and plots are written")
     resume: bool = _field(False, "continue from out_dir/ckpt_last (weights, optimizer, RNG, data order)")
-    # model
-    n_layer: int = _field(4, "transformer blocks")
-    n_head: int = _field(4, "attention heads per block")
-    n_embd: int = _field(128, "channels of the residual stream")
-    block_size: int = _field(64, "context length in tokens")
-    dropout: float = _field(0.0, "dropout on embeddings, attention weights and residual branches")
-    bias: bool = _field(True, "biases in Linear and LayerNorm layers")
-    pos_embedding: str = _field("learned", "positional embedding: learned or sinusoidal")
-    attn_backend: str = _field("sdpa", "attention: sdpa (fused kernel) or manual (explicit softmax)")
-    tie_weights: bool = _field(True, "tie the LM head to the token embedding")
     # optimisation
     batch_size: int = _field(12, "sequences per micro-batch (per process)")
     gradient_accumulation_steps: int = _field(1, "micro-batches per optimizer step, summed over all processes")
@@ -125,16 +111,17 @@ class TrainConfig:
     eval_iters: int = _field(200, "batches averaged for each evaluation")
     log_interval: int = _field(10, "steps between metrics.jsonl lines")
     eval_only: bool = _field(False, "evaluate the checkpoint in out_dir and exit")
-    plot: bool = _field(True, "write out_dir/loss.png at the end")
+    plot: bool = _field(True, "write plots (loss.png) at the end")
     # system
     device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = _field("auto", "auto (bf16 on capable CUDA, else fp32), float32, bfloat16, float16 (CUDA)")
     compile: bool = _field(False, "torch.compile the model")
     seed: int = _field(1337, "random seed (data order, init, dropout)")
-    progress: bool = _field(True, "show a progress bar")
+    progress: bool = _field(True, "show a progress bar (on a terminal)")
 
     def __post_init__(self) -> None:
-        self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
+        if self.task not in ("pretrain", "classify"):
+            raise MiniGPTError(f"task must be 'pretrain' or 'classify', got {self.task!r}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise MiniGPTError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -142,12 +129,40 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise MiniGPTError(f"{name} must not be negative, got {getattr(self, name)}")
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelFields:
+    """The architecture keys of a training config (the vocabulary comes from the tokenizer)."""
+
+    n_layer: int = _field(4, "transformer blocks")
+    n_head: int = _field(4, "attention heads per block")
+    n_embd: int = _field(128, "channels of the residual stream")
+    block_size: int = _field(64, "context length in tokens")
+    dropout: float = _field(0.0, "dropout on embeddings, attention weights and residual branches")
+    bias: bool = _field(True, "biases in Linear and LayerNorm layers")
+    pos_embedding: str = _field("learned", "positional embedding: learned or sinusoidal")
+    attn_backend: str = _field("sdpa", "attention: sdpa (fused kernel) or manual (explicit softmax)")
+    tie_weights: bool = _field(True, "tie the LM head to the token embedding")
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         names = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size", "layer_norm_eps"}
         return GPTConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+@dataclass
+class TrainConfig(LoopConfig, ModelFields):
+    """Pretraining (``task = "pretrain"``): read from a TOML file in ``configs/``, then ``--key=value`` overrides."""
+
+    data_dir: str = _field("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task != "pretrain":
+            raise MiniGPTError(f"TrainConfig is for task 'pretrain', got {self.task!r}")
+        self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
 
 
 def _type_name(tp: Any) -> str:

@@ -17,13 +17,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
@@ -127,55 +128,64 @@ def stop_requested(stop: StopSignal, ddp: Distributed, device: torch.device, at_
     return bool(flag.item())
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
+@dataclass
+class Task:
+    """What one kind of training brings to the shared loop; ``fit`` does everything else."""
+
+    model: torch.nn.Module  # the plain model: what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int, int], tuple]  # (step, global micro-batch index) -> a batch on the device
+    loss: Callable[[torch.nn.Module, tuple], torch.Tensor]  # (model to call, batch) -> mean loss
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]  # metrics logged at every evaluation
+    score: str  # the metric that picks the best checkpoint (and drives early stopping)
+    higher_is_better: bool
+    meta: dict  # JSON kept in checkpoints: configs, tokenizer, labels
+    units_per_step: int  # tokens (pretraining) or examples (classification) per optimizer step
+    unit: str = "tok"
+    flops_per_step: float | None = None  # for MFU; None hides it
+    patience: int | None = None  # stop after this many evaluations without a better score
+    banner: str = ""  # one line printed at the start
+
+
+def setup_distributed(cfg: LoopConfig) -> tuple[Distributed, torch.device]:
     ddp = Distributed.from_env()
-    if ddp.enabled:
-        backend = "nccl" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        device = resolve_device(cfg.device)
-    try:
-        return _train(cfg, ddp, device)
-    finally:
-        if ddp.enabled:
-            dist.destroy_process_group()
+    if not ddp.enabled:
+        return ddp, resolve_device(cfg.device)
+    backend = "nccl" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return ddp, device
 
 
-def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
+def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dtype: torch.dtype) -> dict:
+    """The one training loop: schedule, accumulation, AMP, clipping, DDP, evaluation, checkpoints
+    (atomic; last and best), exact resume, SIGINT/SIGTERM, non-finite loss, progress, metrics, plot."""
     if cfg.gradient_accumulation_steps % ddp.world_size:
         raise MiniGPTError(
             f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number "
             f"of processes ({ddp.world_size})"
         )
     accum = cfg.gradient_accumulation_steps // ddp.world_size
-    dtype = resolve_dtype(device, cfg.dtype)
     out_dir = Path(cfg.out_dir)
-    seed_everything(cfg.seed)  # same initial weights on every rank
-
-    meta = load_meta(cfg.data_dir)
-    train_tokens, val_tokens = open_tokens(cfg.data_dir, "train", meta), open_tokens(cfg.data_dir, "val", meta)
-    model_config = cfg.model_config(vocab_size=meta["vocab_size"])
-    model = GPT(model_config).to(device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    raw_model, optimizer = task.model, task.optimizer
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
 
-    iter_num, best_val = 0, float("inf")
+    iter_num, best, bad_evals = 0, None, 0
     if cfg.resume or cfg.eval_only:
         ckpt = load_checkpoint(out_dir / LAST)
-        if ckpt.meta["model_config"] != model_config.to_dict():
+        if "model_config" in task.meta and ckpt.meta.get("model_config") != task.meta["model_config"]:
             raise MiniGPTError(
-                f"{ckpt.path}: checkpoint model {ckpt.meta['model_config']} differs from the config {model_config.to_dict()}"
+                f"{ckpt.path}: checkpoint model {ckpt.meta.get('model_config')} differs from the config {task.meta['model_config']}"
             )
-        ckpt.load_model(model)
-        if ckpt.optimizer_state() is not None:
+        ckpt.load_model(raw_model)
+        if ckpt.optimizer_state() is not None and not cfg.eval_only:
             optimizer.load_state_dict(ckpt.optimizer_state())
         if ckpt.meta.get("scaler"):
             scaler.load_state_dict(ckpt.meta["scaler"])
-        iter_num, best_val = ckpt.meta["iter_num"], ckpt.meta.get("best_val_loss", float("inf"))
+        iter_num, best, bad_evals = ckpt.meta["iter_num"], ckpt.meta.get("best_score"), ckpt.meta.get("bad_evals", 0)
         if ddp.master:
             set_rng_state(ckpt.rng, device)
         else:  # only rank 0's dropout stream is stored; the others restart theirs deterministically
@@ -183,68 +193,50 @@ def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
     elif ddp.rank:
         torch.manual_seed(cfg.seed + ddp.rank)  # distinct dropout masks per rank
 
-    raw_model = model
+    model = raw_model
     if cfg.compile:
         model = torch.compile(model)
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-
-    def draw(tokens, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return RandomWindows(tokens, cfg.block_size, cfg.batch_size, device, seed).next_batch()
-
-    @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
         model.eval()
-        losses = {}
-        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-            total = torch.zeros((), device=device)
-            for k in range(cfg.eval_iters):
-                x, y = draw(tokens, batch_seed(cfg.seed + 1, -1, ddp.rank * cfg.eval_iters + k))
-                with autocast(device, dtype):
-                    _, loss = model(x, y)
-                total += loss.float()
-            if ddp.enabled:
-                dist.all_reduce(total, op=dist.ReduceOp.AVG)
-            losses[split] = total.item() / cfg.eval_iters
+        with torch.no_grad(), autocast(device, dtype):
+            metrics = task.evaluate(model)
         model.train()
-        return losses
-
-    def checkpoint_meta() -> dict:
-        return {
-            "model_config": model_config.to_dict(), "tokenizer": meta["tokenizer"], "train_config": cfg.to_dict(),
-            "iter_num": iter_num, "best_val_loss": best_val, "tokens_seen": iter_num * tokens_per_step,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        }
+        return metrics
 
     def save(name: str) -> None:
         if ddp.master:
-            save_checkpoint(out_dir / name, raw_model, checkpoint_meta(), optimizer, rng_state(device))
+            meta = {**task.meta, "train_config": cfg.to_dict(), "iter_num": iter_num, "score_name": task.score,
+                    "best_score": best, "bad_evals": bad_evals, "units_seen": iter_num * task.units_per_step,
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            save_checkpoint(out_dir / name, raw_model, meta, optimizer, rng_state(device))
+
+    def fmt(metrics: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
     if cfg.eval_only:
-        losses = evaluate()
+        metrics = evaluate()
         if ddp.master:
-            print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                  f"val perplexity {math.exp(losses['val']):.2f}")
-        return {"iter_num": iter_num, **losses}
+            print(f"iter {iter_num}: {fmt(metrics)}")
+        return {"iter_num": iter_num, **metrics}
 
-    flops_per_step = flops_per_token(model_config, raw_model.num_parameters(non_embedding=True)) * tokens_per_step
     peak = measure_matmul_peak(device, dtype if dtype != torch.float16 or device.type == "cuda" else torch.float32, n=1024)
     metrics_path = out_dir / "metrics.jsonl"
+    units_key = "tokens" if task.unit == "tok" else "examples"
     if ddp.master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"model: {raw_model.num_parameters():,} parameters | data: {meta['train_tokens']:,} train tokens "
-              f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}) | {tokens_per_step:,} tokens/step | "
-              f"{device}, {str(dtype).removeprefix('torch.')}" + (f", {ddp.world_size} processes" if ddp.enabled else ""))
+        print(f"{task.banner} | {task.units_per_step:,} {task.unit}/step | {device}, {str(dtype).removeprefix('torch.')}"
+              + (f", {ddp.world_size} processes" if ddp.enabled else ""))
 
     def log(record: dict) -> None:
         if ddp.master:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    last_losses: dict[str, float] = {}
+    last_metrics: dict[str, float] = {}
+    stopped_early = False
     bar = tqdm(total=cfg.max_iters, initial=iter_num, desc="train", unit="step", dynamic_ncols=True,
                disable=None if cfg.progress and ddp.master else True, file=sys.stderr)  # None: only on a terminal
     resumed_at = iter_num if cfg.resume else None
@@ -252,30 +244,35 @@ def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
         t_last, window_steps = time.perf_counter(), 0
         while True:
             if iter_num % cfg.eval_interval == 0 and iter_num != resumed_at or iter_num == cfg.max_iters:
-                last_losses = evaluate()
-                improved = last_losses["val"] < best_val
-                best_val = min(best_val, last_losses["val"])
-                log({"iter": iter_num, "tokens": iter_num * tokens_per_step, "train_loss_eval": last_losses["train"],
-                     "val_loss": last_losses["val"], "val_ppl": math.exp(min(last_losses["val"], 50))})
-                bar.write(f"iter {iter_num}: train {last_losses['train']:.4f}, val {last_losses['val']:.4f}"
-                          + (" (best)" if improved else ""))
+                last_metrics = evaluate()
+                score = last_metrics[task.score]
+                improved = best is None or better(score, best)
+                if improved:
+                    best, bad_evals = score, 0
+                else:
+                    bad_evals += 1
+                log({"iter": iter_num, units_key: iter_num * task.units_per_step, **last_metrics})
+                bar.write(f"iter {iter_num}: {fmt(last_metrics)}" + (" (best)" if improved else ""))
                 if iter_num > 0:
                     save(LAST)
                     if improved:
                         save(BEST)
+                if task.patience and bad_evals >= task.patience:
+                    stopped_early = True
+                    bar.write(f"early stop: {task.score} has not improved for {bad_evals} evaluations (best {best:.4f})")
+                    break
             if iter_num >= cfg.max_iters:
                 break
 
             lr = learning_rate(iter_num, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule
             step_loss = torch.zeros((), device=device)
             for micro in range(accum):
-                x, y = draw(train_tokens, batch_seed(cfg.seed, iter_num, ddp.rank * accum + micro))
+                batch = task.batch(iter_num, ddp.rank * accum + micro)
                 sync_grads = not ddp.enabled or micro == accum - 1  # all-reduce once, after the last micro-batch
                 with (nullcontext() if sync_grads else model.no_sync()), autocast(device, dtype):
-                    _, loss = model(x, y)
-                    loss = loss / accum
+                    loss = task.loss(model, batch) / accum
                 scaler.scale(loss).backward()
                 step_loss += loss.detach().float()
             if ddp.enabled:
@@ -288,7 +285,7 @@ def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
                 )
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -299,12 +296,16 @@ def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
             if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
                 loss_value = step_loss.item()  # the one host sync per log interval
                 elapsed = time.perf_counter() - t_last
-                tok_s = window_steps * tokens_per_step / elapsed
-                mfu = window_steps * flops_per_step / elapsed / (peak * ddp.world_size)
+                rate = window_steps * task.units_per_step / elapsed
+                record = {"iter": iter_num, units_key: iter_num * task.units_per_step, "train_loss": loss_value,
+                          "lr": lr, f"{task.unit}_per_s": rate}
+                postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}", f"{task.unit}/s": f"{rate:,.0f}"}
+                if task.flops_per_step:
+                    record["mfu"] = window_steps * task.flops_per_step / elapsed / (peak * ddp.world_size)
+                    postfix["mfu"] = f"{record['mfu']:.0%}"
                 t_last, window_steps = time.perf_counter(), 0
-                log({"iter": iter_num, "tokens": iter_num * tokens_per_step, "train_loss": loss_value, "lr": lr,
-                     "tok_per_s": tok_s, "mfu": mfu})
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.0%}")
+                log(record)
+                bar.set_postfix(postfix)
 
             if stop_requested(stop, ddp, device, at_boundary=iter_num % cfg.log_interval == 0):
                 save(LAST)
@@ -321,8 +322,59 @@ def _train(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> dict:
         png = plot_losses(out_dir)
         if png:
             print(f"loss curve: {png}")
-    return {"iter_num": iter_num, "best_val_loss": best_val, **{f"{k}_loss": v for k, v in last_losses.items()},
-            "out_dir": str(out_dir)}
+    return {"iter_num": iter_num, "best_score": best, "score_name": task.score, "stopped_early": stopped_early,
+            **last_metrics, "out_dir": str(out_dir)}
+
+
+def pretrain_task(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> Task:
+    """Next-token prediction on random windows of a prepared token file."""
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    meta = load_meta(cfg.data_dir)
+    train_tokens, val_tokens = open_tokens(cfg.data_dir, "train", meta), open_tokens(cfg.data_dir, "val", meta)
+    model_config = cfg.model_config(vocab_size=meta["vocab_size"])
+    model = GPT(model_config).to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+
+    def draw(tokens, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return RandomWindows(tokens, cfg.block_size, cfg.batch_size, device, seed).next_batch()
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
+        losses = {}
+        for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+            total = torch.zeros((), device=device)
+            for k in range(cfg.eval_iters):
+                x, y = draw(tokens, batch_seed(cfg.seed + 1, -1, ddp.rank * cfg.eval_iters + k))
+                total += m(x, y)[1].float()
+            if ddp.enabled:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            losses[split] = total.item() / cfg.eval_iters
+        return {"train_loss_eval": losses["train"], "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50))}
+
+    return Task(
+        model=model, optimizer=optimizer,
+        batch=lambda it, micro: draw(train_tokens, batch_seed(cfg.seed, it, micro)),
+        loss=lambda m, batch: m(*batch)[1],
+        evaluate=evaluate, score="val_loss", higher_is_better=False,
+        meta={"model_config": model_config.to_dict(), "tokenizer": meta["tokenizer"]},
+        units_per_step=tokens_per_step, unit="tok",
+        flops_per_step=flops_per_token(model_config, model.num_parameters(non_embedding=True)) * tokens_per_step,
+        banner=f"model: {model.num_parameters():,} parameters | data: {meta['train_tokens']:,} train tokens "
+               f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,})",
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
+    ddp, device = setup_distributed(cfg)
+    try:
+        summary = fit(pretrain_task(cfg, ddp, device), cfg, ddp, device, resolve_dtype(device, cfg.dtype))
+    finally:
+        if ddp.enabled:
+            dist.destroy_process_group()
+    summary["best_val_loss"] = summary.pop("best_score")
+    return summary
 
 
 USAGE = """usage: python train.py CONFIG.toml [--key=value ...] [--resume] [--debug]

@@ -155,3 +155,61 @@ def test_early_stopping_with_a_scripted_metric():
     assert stopped_at == 6 and stopper.best == 0.61 and stopper.best_step == 3
     stopper.restore(model)
     assert model.weight.item() == pytest.approx(0.61)
+
+
+# ----------------------------------------------------------------------------- labelled data
+
+from minigpt.labelled import class_weights, label_map, pad_batch, read_labelled, stratified_split  # noqa: E402
+
+REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
+
+
+def test_reads_the_bundled_sms_spam_collection_completely():
+    data = read_labelled(REPO_DATA / "sms_spam" / "SMSSpamCollection", text_column=1, label_column=0, fmt="tsv", header=False)
+    assert len(data.texts) == 5574 and data.labels.count("spam") == 747 and data.labels.count("ham") == 4827
+    assert label_map(data.labels) == ["ham", "spam"]
+
+
+def test_csv_tsv_jsonl_and_bad_rows(tmp_path):
+    (tmp_path / "a.csv").write_text('label,review\n1,"good, really ""good"""\n0,bad\n0,\n', encoding="utf-8")
+    with pytest.raises(MiniGPTError, match=r"a.csv:4: missing text"):
+        read_labelled(tmp_path / "a.csv", "review", "label")
+    data = read_labelled(tmp_path / "a.csv", "review", "label", skip_bad_rows=True)
+    assert data.texts == ['good, really "good"', "bad"] and data.skipped == [4]
+    with pytest.raises(MiniGPTError, match=r"no text column 'text'; the columns are \['label', 'review'\]"):
+        read_labelled(tmp_path / "a.csv")
+    (tmp_path / "b.tsv").write_text("sentence\tlabel\nit 's fine \t1\n", encoding="utf-8")
+    assert read_labelled(tmp_path / "b.tsv", "sentence", "label").texts == ["it 's fine"]
+    (tmp_path / "c.jsonl").write_text('{"text": "hi", "label": "greet"}\n{"text": "x"}\n', encoding="utf-8")
+    with pytest.raises(MiniGPTError, match=r"c.jsonl:2: no key 'label'"):
+        read_labelled(tmp_path / "c.jsonl")
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+    with pytest.raises(MiniGPTError, match="empty"):
+        read_labelled(tmp_path / "empty.csv")
+    with pytest.raises(MiniGPTError, match="at least 2 classes"):
+        label_map(["spam", "spam"])
+    with pytest.raises(MiniGPTError, match="not among the known classes"):
+        label_map(["a", "b", "c"], given=["a", "b"])
+
+
+def test_stratified_split_keeps_proportions_and_is_seeded():
+    labels = ["a"] * 700 + ["b"] * 300
+    train, val, test = stratified_split(labels, (0.7, 0.1, 0.2), seed=1)
+    assert sorted(train + val + test) == list(range(1000))
+    for part, size in ((train, 700), (val, 100), (test, 200)):
+        assert len(part) == size and sum(labels[i] == "b" for i in part) == round(0.3 * size)
+    assert stratified_split(labels, (0.7, 0.1, 0.2), seed=1)[2] == test
+
+
+def test_class_weights_match_scikit_learn():
+    utils = pytest.importorskip("sklearn.utils")
+    y = [0] * 50 + [1] * 10 + [2] * 40
+    ref = utils.class_weight.compute_class_weight("balanced", classes=np.arange(3), y=np.array(y))
+    assert class_weights(y, 3).tolist() == pytest.approx(ref.tolist())
+
+
+def test_pad_batch_truncates_head_or_tail():
+    ids, mask = pad_batch([[1, 2, 3, 4, 5], [6]], max_length=3)
+    assert ids.tolist() == [[1, 2, 3], [6, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, _ = pad_batch([[1, 2, 3, 4, 5]], max_length=3, truncate="tail")
+    assert ids.tolist() == [[3, 4, 5]]

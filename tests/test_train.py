@@ -65,8 +65,9 @@ def test_training_lowers_loss_and_writes_outputs(char_data, tmp_path):
     assert all(r["tok_per_s"] > 0 and 0 < r["mfu"] for r in steps)
     assert (tmp_path / "loss.png").stat().st_size > 10_000
     best = load_checkpoint(tmp_path / BEST).meta
-    assert best["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in evals))
-    assert summary["best_val_loss"] == best["best_val_loss"]
+    assert best["score_name"] == "val_loss"
+    assert best["best_score"] == pytest.approx(min(r["val_loss"] for r in evals))
+    assert summary["best_val_loss"] == best["best_score"]
 
 
 def test_learning_rate_schedule():

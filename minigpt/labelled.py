@@ -1,0 +1,165 @@
+"""Labelled text for classification: CSV/TSV/JSONL readers, label maps, stratified splits, and
+padded batches with attention masks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import MiniGPTError
+
+
+@dataclass
+class LabelledText:
+    texts: list[str]
+    labels: list[str]
+    source: str
+    skipped: list[int] = field(default_factory=list)  # line numbers of bad rows that were skipped
+
+
+def _column(header: list[str] | None, spec: str | int, path: Path, role: str) -> int:
+    """A column given by name (files with a header) or by 0-based index."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return int(spec)
+    if header is None:
+        raise MiniGPTError(f"{path}: has no header, so the {role} column must be a 0-based index, got {spec!r}")
+    if spec not in header:
+        raise MiniGPTError(f"{path}: no {role} column {spec!r}; the columns are {header}")
+    return header.index(spec)
+
+
+def read_labelled(
+    path: str | Path,
+    text_column: str | int = "text",
+    label_column: str | int = "label",
+    fmt: str = "auto",
+    header: bool = True,
+    skip_bad_rows: bool = False,
+) -> LabelledText:
+    """Read (text, label) rows from a .csv (RFC 4180 quoting), .tsv (tab-separated, no quoting, as
+    SST-2 and the SMS Spam Collection are written) or .jsonl file. A row with a missing or empty
+    text or label is an error naming its line, or is skipped and counted with ``skip_bad_rows``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniGPTError(f"data file not found: {path}")
+    if fmt == "auto":
+        fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "tsv")
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise MiniGPTError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if not raw.strip():
+        raise MiniGPTError(f"{path}: the file is empty")
+    data = LabelledText([], [], str(path))
+
+    def add(line_no: int, text, label) -> None:
+        text = text.strip() if isinstance(text, str) else text
+        label = str(label).strip() if label is not None else ""
+        if not text or not isinstance(text, str) or not label:
+            if skip_bad_rows:
+                data.skipped.append(line_no)
+                return
+            what = "text" if not text or not isinstance(text, str) else "label"
+            raise MiniGPTError(f"{path}:{line_no}: missing {what} (use skip_bad_rows to skip such rows)")
+        data.texts.append(text)
+        data.labels.append(label)
+
+    if fmt == "jsonl":
+        for line_no, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise MiniGPTError(f"{path}:{line_no}: not a JSON object") from None
+            for spec in (text_column, label_column):
+                if spec not in row:
+                    raise MiniGPTError(f"{path}:{line_no}: no key {spec!r}; the keys are {sorted(row)}")
+            add(line_no, row[text_column], row[label_column])
+    elif fmt in ("csv", "tsv"):
+        lines = raw.splitlines()
+        if fmt == "csv":
+            rows = list(csv.reader(lines))
+        else:
+            rows = [line.split("\t") for line in lines]
+        names = rows[0] if header else None
+        t_col, l_col = _column(names, text_column, path, "text"), _column(names, label_column, path, "label")
+        first = 1 if header else 0
+        for line_no, row in enumerate(rows[first:], start=first + 1):
+            if not row or row == [""]:
+                continue
+            if fmt == "tsv" and len(row) > max(t_col, l_col) + 1 and t_col == len(names or row) - 1:
+                row = row[:t_col] + ["\t".join(row[t_col:])]  # a tab inside the last (text) column
+            get = lambda i: row[i] if i < len(row) else None
+            add(line_no, get(t_col), get(l_col))
+    else:
+        raise MiniGPTError(f"unknown format {fmt!r}; expected csv, tsv or jsonl")
+    if not data.texts:
+        raise MiniGPTError(f"{path}: no usable rows")
+    return data
+
+
+def label_map(labels: Sequence[str], given: Sequence[str] | None = None) -> list[str]:
+    """id -> label: the given order, or the sorted distinct labels. One class is an error."""
+    names = list(given) if given else sorted(set(labels), key=lambda s: (len(s), s) if s.isdigit() else (0, s))
+    if len(set(names)) < 2:
+        raise MiniGPTError(f"classification needs at least 2 classes; the labels are {sorted(set(labels))}")
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise MiniGPTError(f"labels {unknown[:5]} are not among the known classes {names}")
+    return names
+
+
+def stratified_split(labels: Sequence[str], fractions: Sequence[float], seed: int = 0) -> list[list[int]]:
+    """Index lists for each fraction (e.g. 0.7, 0.1, 0.2), each class split in the same proportions."""
+    if abs(sum(fractions) - 1) > 1e-6 or any(f <= 0 for f in fractions):
+        raise MiniGPTError(f"split fractions must be positive and sum to 1, got {list(fractions)}")
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    rng = random.Random(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for label in sorted(by_class):
+        idx = by_class[label]
+        rng.shuffle(idx)
+        bounds, acc = [], 0.0
+        for f in fractions[:-1]:
+            acc += f
+            bounds.append(round(acc * len(idx)))
+        for part, (lo, hi) in zip(parts, zip([0, *bounds], [*bounds, len(idx)])):
+            part.extend(idx[lo:hi])
+    for part in parts:
+        rng.shuffle(part)
+    return parts
+
+
+def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (n / (k · count)), as scikit-learn's class_weight="balanced"."""
+    counts = Counter(label_ids)
+    n = len(label_ids)
+    return torch.tensor([n / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)])
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], max_length: int, truncate: str = "head", pad_id: int = 0,
+              side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ids (B, T) and attention mask (B, T). Longer sequences are cut to max_length,
+    keeping the head (first tokens) or the tail (last tokens)."""
+    if truncate not in ("head", "tail"):
+        raise MiniGPTError(f"truncate must be 'head' or 'tail', got {truncate!r}")
+    cut = [list(s[:max_length]) if truncate == "head" else list(s[-max_length:]) for s in sequences]
+    T = max(1, max(len(s) for s in cut))
+    ids = torch.full((len(cut), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(cut), T), dtype=torch.long)
+    for row, s in enumerate(cut):
+        if not s:
+            continue
+        span = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
+        ids[row, span], mask[row, span] = torch.tensor(s), 1
+    return ids, mask
