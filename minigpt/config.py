@@ -165,6 +165,67 @@ class TrainConfig(LoopConfig, ModelFields):
         self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
 
 
+@dataclass
+class ClassifyConfig(LoopConfig, ModelFields):
+    """Fine-tuning a text classifier (``task = "classify"``); the model fields apply when training
+    from scratch (``init_from = "scratch"``), otherwise the backbone's own architecture is used."""
+
+    # data
+    train_file: str = _field("", "CSV/TSV/JSONL with a text and a label column (required)")
+    val_file: str = _field("", "validation file; empty: split it off train_file (see split)")
+    test_file: str = _field("", "test file; empty: split it off train_file when val_file is empty too")
+    format: str = _field("auto", "csv, tsv, jsonl, or auto (from the file extension)")
+    header: bool = _field(True, "the first line names the columns (csv/tsv)")
+    text_column: str = _field("text", "column name (or 0-based index without a header) of the text")
+    label_column: str = _field("label", "column name (or 0-based index without a header) of the label")
+    labels: str = _field("", "comma-separated class names in id order (default: sorted labels of the data)")
+    skip_bad_rows: bool = _field(False, "skip rows with a missing text or label (counted) instead of failing")
+    split: str = _field("0.7,0.1,0.2", "train,val,test fractions for a stratified split of train_file")
+    split_seed: int = _field(123, "seed of the stratified split (and of downsampling)")
+    balance: str = _field("none", "none, downsample (every class to the smallest before splitting), class_weights, or sampler")
+    max_length: int = _field(0, "tokens per text after truncation (0: block_size)")
+    truncate: str = _field("head", "keep the head (first tokens) or tail (last tokens) of a long text")
+    # model
+    init_from: str = _field("scratch", "scratch, a minigpt checkpoint or out_dir, or a Hugging Face GPT-2 folder")
+    tokenizer: str = _field("gpt2", "for init_from=scratch: gpt2 or char (vocabulary from the training texts)")
+    pooling: str = _field("last", "last, mean or first (real tokens only)")
+    head_hidden: int = _field(0, "width of a hidden layer in the head (0: a single linear layer)")
+    head_dropout: float = _field(0.0, "dropout before the head's output layer")
+    strategy: str = _field("full", "full, head (backbone frozen), last_n (last n_last blocks + final norm), lora")
+    n_last: int = _field(1, "blocks trained with strategy=last_n")
+    lora_rank: int = _field(8, "LoRA rank r")
+    lora_alpha: float = _field(16.0, "LoRA alpha (update scaled by alpha / r)")
+    lora_dropout: float = _field(0.0, "dropout on the LoRA input")
+    lora_targets: str = _field("c_attn,attn.c_proj", "comma-separated layer names to wrap with LoRA")
+    head_lr_scale: float = _field(1.0, "the head learns at learning_rate x this")
+    # selection
+    epochs: float = _field(0.0, "if > 0, sets max_iters to this many passes over the training set")
+    metric: str = _field("accuracy", "val metric for the best checkpoint and early stopping: accuracy, macro_f1, loss")
+    patience: int = _field(0, "stop after this many evaluations without a better metric (0: off)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task != "classify":
+            raise MiniGPTError(f"ClassifyConfig is for task 'classify', got {self.task!r}")
+        self.model_config(vocab_size=1)
+        choices = {"balance": ("none", "downsample", "class_weights", "sampler"), "truncate": ("head", "tail"),
+                   "strategy": ("full", "head", "last_n", "lora"), "metric": ("accuracy", "macro_f1", "loss"),
+                   "pooling": ("last", "mean", "first"), "tokenizer": ("gpt2", "char"), "format": ("auto", "csv", "tsv", "jsonl")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise MiniGPTError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.train_file:
+            raise MiniGPTError("train_file is required for task 'classify'")
+        try:
+            fractions = [float(x) for x in self.split.split(",")]
+        except ValueError:
+            raise MiniGPTError(f"split must be comma-separated fractions, got {self.split!r}") from None
+        if len(fractions) not in (2, 3) or abs(sum(fractions) - 1) > 1e-6:
+            raise MiniGPTError(f"split must be 2 or 3 fractions summing to 1, got {self.split!r}")
+        if self.patience < 0 or self.n_last < 1 or self.lora_rank < 1 or self.max_length < 0:
+            raise MiniGPTError("patience must be ≥ 0 and n_last, lora_rank ≥ 1, max_length ≥ 0")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -205,11 +266,8 @@ def _unknown_key(key: str, known: list[str], source: str) -> MiniGPTError:
     return MiniGPTError(f"{source}: unknown key {key!r}{hint}")
 
 
-def build_config(cls, toml_path: str | None, overrides: list[str]):
-    """Read ``toml_path`` (flat ``key = value`` lines), apply ``--key=value`` overrides, validate.
-
-    Unknown keys and values of the wrong type are errors naming the file (or "command line") and key.
-    """
+def read_toml(path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or a syntax error names the file."""
     from pathlib import Path
 
     try:
@@ -217,17 +275,27 @@ def build_config(cls, toml_path: str | None, overrides: list[str]):
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
+    path = Path(path)
+    if not path.is_file():
+        raise MiniGPTError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise MiniGPTError(f"{path}: not valid TOML ({err})") from None
+
+
+def build_config(cls, toml_path: str | None, overrides: list[str]):
+    """Read ``toml_path`` (flat ``key = value`` lines), apply ``--key=value`` overrides, validate.
+
+    Unknown keys and values of the wrong type are errors naming the file (or "command line") and key.
+    """
+    from pathlib import Path
+
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if toml_path is not None:
         path = Path(toml_path)
-        if not path.is_file():
-            raise MiniGPTError(f"config file not found: {path}")
-        try:
-            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise MiniGPTError(f"{path}: not valid TOML ({err})") from None
-        for key, value in loaded.items():
+        for key, value in read_toml(path).items():
             if key not in fields:
                 raise _unknown_key(key, list(fields), str(path))
             values[key] = coerce(key, value, fields[key].type, str(path))
@@ -245,10 +313,13 @@ def build_config(cls, toml_path: str | None, overrides: list[str]):
     return cls(**values)
 
 
-def config_help(cls) -> str:
-    """One line per key: name, type, default and meaning (for ``--help``)."""
+def config_help(cls, skip=None) -> str:
+    """One line per key: name, type, default and meaning (for ``--help``); keys of ``skip`` left out."""
     lines = []
+    skipped = {f.name for f in dataclasses.fields(skip)} if skip else set()
     for f in dataclasses.fields(cls):
+        if f.name in skipped:
+            continue
         default = str(f.default).lower() if isinstance(f.default, bool) else repr(f.default)
         lines.append(f"  --{f.name}={default}".ljust(44) + f"{_type_name(f.type):<6} {f.metadata.get('help', '')}")
     return "\n".join(lines)

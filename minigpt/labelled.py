@@ -21,7 +21,19 @@ class LabelledText:
     texts: list[str]
     labels: list[str]
     source: str
+    lines: list[int] = field(default_factory=list)  # line number of each row in the file
     skipped: list[int] = field(default_factory=list)  # line numbers of bad rows that were skipped
+
+    def subset(self, indices: Sequence[int]) -> "LabelledText":
+        return LabelledText([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.source,
+                            [self.lines[i] for i in indices])
+
+    def check_labels(self, names: Sequence[str]) -> None:
+        """Every label must be one of ``names`` (the classes seen in training)."""
+        known = set(names)
+        for label, line in zip(self.labels, self.lines):
+            if label not in known:
+                raise MiniGPTError(f"{self.source}:{line}: label {label!r} is not one of the classes {list(names)}")
 
 
 def _column(header: list[str] | None, spec: str | int, path: Path, role: str) -> int:
@@ -70,6 +82,7 @@ def read_labelled(
             raise MiniGPTError(f"{path}:{line_no}: missing {what} (use skip_bad_rows to skip such rows)")
         data.texts.append(text)
         data.labels.append(label)
+        data.lines.append(line_no)
 
     if fmt == "jsonl":
         for line_no, line in enumerate(raw.splitlines(), start=1):
@@ -138,6 +151,17 @@ def stratified_split(labels: Sequence[str], fractions: Sequence[float], seed: in
     for part in parts:
         rng.shuffle(part)
     return parts
+
+
+def downsample(data: LabelledText, seed: int) -> LabelledText:
+    """Every class cut to the size of the smallest, by a seeded random choice (original order kept)."""
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(data.labels):
+        by_class[label].append(i)
+    n = min(len(v) for v in by_class.values())
+    rng = random.Random(seed)
+    keep = sorted(i for label in sorted(by_class) for i in rng.sample(by_class[label], n))
+    return data.subset(keep)
 
 
 def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:

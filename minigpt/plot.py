@@ -47,7 +47,8 @@ def plot_losses(out_dir: str | Path) -> Path | None:
         ax.plot(its, [train[i]["train_loss"] for i in its], lw=0.8, alpha=0.6, label="train (batch)")
     if val:
         its = sorted(val)
-        ax.plot(its, [val[i]["train_loss_eval"] for i in its], "o-", ms=3, label="train (eval)")
+        if all("train_loss_eval" in val[i] for i in its):
+            ax.plot(its, [val[i]["train_loss_eval"] for i in its], "o-", ms=3, label="train (eval)")
         ax.plot(its, [val[i]["val_loss"] for i in its], "o-", ms=3, label="val")
         best = min(its, key=lambda i: val[i]["val_loss"])
         ax.annotate(f"best val {val[best]['val_loss']:.3f}", (best, val[best]["val_loss"]),
@@ -56,17 +57,54 @@ def plot_losses(out_dir: str | Path) -> Path | None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    any_record = next(iter(train.values()), None) or next(iter(val.values()), None)
-    if any_record and any_record.get("iter"):
-        per_iter = any_record["tokens"] / any_record["iter"]
+    accuracy = sorted(i for i in val if "val_accuracy" in val[i])
+    if accuracy:  # classification: accuracy on a second axis
+        right = ax.twinx()
+        right.plot(accuracy, [val[i]["val_accuracy"] for i in accuracy], "s--", ms=3, color="tab:red", label="val accuracy")
+        right.set_ylabel("val accuracy")
+        right.legend(loc="center right")
+    any_record = next((r for r in [*train.values(), *val.values()] if r.get("iter")), None)
+    unit = "tokens" if any_record and "tokens" in any_record else "examples"
+    if any_record:
+        per_iter = any_record[unit] / any_record["iter"]
         top = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
-        top.set_xlabel("tokens")
+        top.set_xlabel(unit)
     ax.set_title(Path(out_dir).name)
     fig.tight_layout()
     png = Path(out_dir) / "loss.png"
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def plot_confusion(matrix, class_names, path: str | Path, title: str = "") -> Path | None:
+    """A confusion-matrix heat map with counts (rows: true class, columns: predicted)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: install matplotlib (pip install 'minigpt[plot]') for confusion.png", file=sys.stderr)
+        return None
+    import numpy as np
+
+    cm = np.asarray(matrix)
+    size = max(3.5, 0.9 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=120)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (r, c), n in np.ndenumerate(cm):
+        ax.text(c, r, str(n), ha="center", va="center", color="white" if n > cm.max() / 2 else "black")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

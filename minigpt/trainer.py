@@ -144,6 +144,7 @@ class Task:
     unit: str = "tok"
     flops_per_step: float | None = None  # for MFU; None hides it
     patience: int | None = None  # stop after this many evaluations without a better score
+    restore_best: bool = False  # end with the weights of the best evaluation (from ckpt_best)
     banner: str = ""  # one line printed at the start
 
 
@@ -315,6 +316,10 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
                           f"continue with --resume", file=sys.stderr)
                 raise Interrupted(iter_num)
     bar.close()
+    if task.restore_best and (out_dir / BEST).is_file():
+        if ddp.enabled:
+            dist.barrier()  # rank 0 has finished writing it
+        load_checkpoint(out_dir / BEST).load_model(raw_model)
 
     if ddp.master and cfg.plot:
         from .plot import plot_losses
@@ -380,30 +385,42 @@ def train(cfg: TrainConfig) -> dict:
 USAGE = """usage: python train.py CONFIG.toml [--key=value ...] [--resume] [--debug]
        torchrun --nproc_per_node=N train.py CONFIG.toml [...]
 
-Pretrain a GPT on data prepared by `python -m minigpt.data`. Settings come from the TOML file
+Pretrain a GPT on data prepared by `python -m minigpt.data` (task = "pretrain"), or fine-tune a
+text classifier on a CSV/TSV/JSONL file (task = "classify"). Settings come from the TOML file
 (flat `key = value` lines), then from --key=value overrides; a bare --flag sets a boolean to true.
 An unknown key or a value of the wrong type is an error.
 
 Writes OUT_DIR/ckpt_last.safetensors (every eval_interval steps and on Ctrl-C),
-OUT_DIR/ckpt_best.safetensors (lowest val loss), OUT_DIR/metrics.jsonl and OUT_DIR/loss.png.
-
-keys (default, type, meaning):
+OUT_DIR/ckpt_best.safetensors (best val metric), OUT_DIR/metrics.jsonl and OUT_DIR/loss.png;
+classification adds OUT_DIR/report.json, report.txt and confusion.png.
 """
 
 
 def main(argv: list[str]) -> int:
-    from .config import build_config, config_help
+    """train.py: pick the task from the config (``task = "pretrain"`` or ``"classify"``), then run it."""
+    from .config import ClassifyConfig, build_config, config_help, read_toml
 
-    if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
-        print(USAGE + config_help(TrainConfig))
+    toml_path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
+    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("--task=")), None)
+    if task is None and toml_path is not None:
+        task = read_toml(toml_path).get("task", "pretrain")
+    cls = ClassifyConfig if task == "classify" else TrainConfig
+    if not argv or "--help" in argv or "-h" in argv:
+        print(USAGE + "\npretraining keys (task = \"pretrain\"):\n" + config_help(TrainConfig)
+              + "\n\nclassification keys (task = \"classify\"; the model keys apply to init_from = \"scratch\"):\n"
+              + config_help(ClassifyConfig, skip=TrainConfig))
         return 0
-    toml_path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("--") else (None, argv)
-    cfg = build_config(TrainConfig, toml_path, overrides)
+    cfg = build_config(cls, toml_path, overrides)
     try:
-        summary = train(cfg)
+        if cls is ClassifyConfig:
+            from .classify import finetune
+
+            summary = finetune(cfg)
+        else:
+            summary = train(cfg)
     except Interrupted:
         return 130
-    if Distributed.from_env().master and "val_loss" in summary:
+    if Distributed.from_env().master and "val_loss" in summary and cls is TrainConfig:
         print(f"done: {summary['iter_num']} iterations, val loss {summary['val_loss']:.4f} "
               f"(best {summary['best_val_loss']:.4f}), checkpoints in {summary['out_dir']}")
     return 0

@@ -1,6 +1,7 @@
 """Classification building blocks: padding-correct pooling, head swapping, freezing/LoRA, metrics."""
 
 import copy
+import json
 import random
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from minigpt import GPT, GPTConfig, MiniGPTError
 from minigpt.heads import ClassificationHead, pool
 from minigpt.lora import apply_lora, merge_lora, unmerge_lora
-from minigpt.metrics import EarlyStopping, classification_report, confusion_matrix, format_report
+from minigpt.metrics import classification_report, confusion_matrix, format_report
 from minigpt.model import GPTClassifier
 
 
@@ -141,22 +142,6 @@ def test_metrics_match_scikit_learn(seed):
     assert "macro avg" in format_report(ours, names)
 
 
-def test_early_stopping_with_a_scripted_metric():
-    model = torch.nn.Linear(1, 1, bias=False)
-    stopper = EarlyStopping(patience=3, mode="max")
-    script = [0.50, 0.60, 0.58, 0.61, 0.60, 0.59, 0.605, 0.70]
-    stopped_at = None
-    for i, value in enumerate(script):
-        with torch.no_grad():
-            model.weight.fill_(value)
-        if stopper.update(value, model):
-            stopped_at = i
-            break
-    assert stopped_at == 6 and stopper.best == 0.61 and stopper.best_step == 3
-    stopper.restore(model)
-    assert model.weight.item() == pytest.approx(0.61)
-
-
 # ----------------------------------------------------------------------------- labelled data
 
 from minigpt.labelled import class_weights, label_map, pad_batch, read_labelled, stratified_split  # noqa: E402
@@ -213,3 +198,83 @@ def test_pad_batch_truncates_head_or_tail():
     assert ids.tolist() == [[1, 2, 3], [6, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, _ = pad_batch([[1, 2, 3, 4, 5]], max_length=3, truncate="tail")
     assert ids.tolist() == [[3, 4, 5]]
+
+
+# ----------------------------------------------------------------------------- training through the shared loop
+
+from minigpt.checkpoint import load_checkpoint  # noqa: E402
+from minigpt.config import ClassifyConfig, TrainConfig  # noqa: E402
+from minigpt.trainer import BEST, Distributed, Task, fit  # noqa: E402
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    script = iter([0.50, 0.60, 0.58, 0.61, 0.60, 0.59, 0.605, 0.70])  # best at the 4th evaluation
+    weights_at_eval = []
+
+    def evaluate(m):
+        weights_at_eval.append(net.weight.detach().clone())
+        return {"val_accuracy": next(script)}
+
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda it, micro: (x, y),
+                loss=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), evaluate=evaluate,
+                score="val_accuracy", higher_is_better=True, meta={}, units_per_step=8, unit="ex", patience=3,
+                restore_best=True)
+    cfg = TrainConfig(out_dir=str(tmp_path), max_iters=100, eval_interval=2, log_interval=1, progress=False,
+                      plot=False, device="cpu", warmup_iters=0)
+    summary = fit(task, cfg, Distributed(enabled=False), torch.device("cpu"), torch.float32)
+    # evaluations at iterations 0, 2, 4, 6, 8, 10, 12: the 7th (0.605) is the third without beating 0.61
+    assert summary["stopped_early"] and summary["iter_num"] == 12 and summary["best_score"] == 0.61
+    assert load_checkpoint(tmp_path / BEST).meta["iter_num"] == 6
+    assert torch.equal(net.weight, weights_at_eval[3])
+
+
+def test_finetune_end_to_end_and_predict(tmp_path):
+    from minigpt.classify import finetune, load_classifier
+
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for i in range(300):
+        label = rng.choice(["pos", "neg"])
+        word = rng.choice(["great", "lovely", "superb"] if label == "pos" else ["awful", "dull", "bad"])
+        rows.append(f"the film was {word} indeed {i % 7},{label}")
+    (tmp_path / "reviews.csv").write_text("\n".join(rows), encoding="utf-8")
+    cfg = ClassifyConfig(task="classify", train_file=str(tmp_path / "reviews.csv"), out_dir=str(tmp_path / "out"),
+                         init_from="scratch", tokenizer="char", n_layer=1, n_head=2, n_embd=32, block_size=48,
+                         batch_size=16, max_iters=60, eval_interval=20, learning_rate=3e-3, warmup_iters=5,
+                         progress=False, plot=True, device="cpu", strategy="full", pooling="mean")
+    summary = finetune(cfg)
+    assert summary["test_accuracy"] >= 0.9
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["split"] == "test" and report["n"] == 60 and report["accuracy"] == summary["test_accuracy"]
+    assert (tmp_path / "out" / "confusion.png").stat().st_size > 5_000
+    model, tok, meta = load_classifier(tmp_path / "out")
+    assert meta["labels"] == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("content,kw,message", [
+    ("text,label\nhello,a\n", dict(text_column="body"), "no text column 'body'"),
+    ("", {}, "empty"),
+    ("text,label\nhello,a\nworld,a\n", {}, "at least 2 classes"),
+])
+def test_finetune_bad_input(tmp_path, content, kw, message):
+    from minigpt.classify import finetune
+
+    (tmp_path / "d.csv").write_text(content, encoding="utf-8")
+    cfg = ClassifyConfig(task="classify", train_file=str(tmp_path / "d.csv"), out_dir=str(tmp_path / "o"),
+                         init_from="scratch", progress=False, device="cpu", **kw)
+    with pytest.raises(MiniGPTError, match=message):
+        finetune(cfg)
+
+
+def test_long_texts_are_truncated_to_max_length_and_counted(tmp_path):
+    from minigpt.classify import Encoded
+    from minigpt.labelled import LabelledText
+    from minigpt.tokenizer import CharTokenizer
+
+    data = LabelledText(["a" * 100, "b" * 3], ["x", "y"], "mem", [1, 2])
+    enc = Encoded(data, CharTokenizer(["a", "b"]), ["x", "y"], max_length=10, truncate="tail")
+    ids, mask, labels = enc.batch([0, 1], torch.device("cpu"))
+    assert enc.n_truncated == 1 and ids.shape == (2, 10) and mask.sum().item() == 13 and labels.tolist() == [0, 1]
