@@ -6,8 +6,8 @@
 
 MFU = (6N + 12·L·H·Q·T) FLOPs per token × tokens/s ÷ peak, with N the non-embedding parameters and
 the peak the best of several large square matmuls in the same dtype, timed a moment earlier.
-The bf16 rows train from the same initial weights on the same batches as their fp32 row, so the
-final losses after the same number of steps can be compared directly.
+Every row of a shape trains from the same initial weights on the same batches for the same number
+of steps, so the final losses (last column) can be compared directly, e.g. bf16 against fp32.
 """
 
 from __future__ import annotations
@@ -63,11 +63,12 @@ def batches(tokens: np.ndarray, shape: Shape, n: int, seed: int = 0) -> list[tup
     return out
 
 
-def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compile_model: bool, warmup: int):
+def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compile_model: bool, warmup: int,
+        activation: str = "gelu_tanh"):
     """Train `shape` for warmup + steps steps; returns (tokens/s over the timed steps, final loss)."""
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=vocab, block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head,
-                       n_embd=shape.n_embd, attn_backend=backend)
+                       n_embd=shape.n_embd, attn_backend=backend, activation=activation)
     model = GPT(config)
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
     step_model = torch.compile(model) if compile_model else model
@@ -93,10 +94,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast rows")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every shape's timed steps")
+    parser.add_argument("--activation", default="gelu_tanh", choices=["gelu_tanh", "gelu"],
+                        help="MLP activation for every row (gelu_tanh is GPT-2's; gelu is the exact erf form)")
     args = parser.parse_args()
 
     device = torch.device("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation}")
     peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
     peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
     print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)\n")
@@ -109,8 +112,8 @@ def main() -> None:
             continue
         shape.steps = max(2, round(shape.steps * args.steps_scale))
         tokens, vocab = token_stream(shape.tokenizer)
-        warmup, compile_warmup = 3, 8  # compiled rows also absorb compilation and recompiles
-        data = batches(tokens, shape, compile_warmup + shape.steps)
+        warmup = 8  # untimed steps: compilation (and recompiles) for compiled rows, cache warm-up for the rest
+        data = batches(tokens, shape, warmup + shape.steps)  # every row trains on the same batches
         variants = [("sdpa", torch.float32, False), ("manual", torch.float32, False)]
         if not args.no_bf16:
             variants.append(("sdpa", torch.bfloat16, False))
@@ -121,7 +124,7 @@ def main() -> None:
         fp32_tok_s = None
         for backend, dtype, comp in variants:
             try:
-                tok_s, loss, model = run(shape, vocab, data, backend, dtype, comp, warmup=compile_warmup if comp else warmup)
+                tok_s, loss, model = run(shape, vocab, data, backend, dtype, comp, warmup=warmup, activation=args.activation)
             except Exception as err:  # report a row that cannot run (e.g. compile without a compiler)
                 dname = "bf16" if dtype == torch.bfloat16 else "fp32"
                 print(f"| {shape.name:<28} | {backend:<9} | {dname:<5} | {str(comp):<7} | failed: {type(err).__name__}: {err}"[:200])

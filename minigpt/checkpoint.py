@@ -144,19 +144,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise MiniGPTError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise MiniGPTError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None
-    try:
-        meta = json.loads(header["minigpt"])
-    except (KeyError, json.JSONDecodeError):
-        raise MiniGPTError(f"{path} is a safetensors file but not a minigpt checkpoint (no 'minigpt' metadata)") from None
+    header = _read_header(path)
+    if "minigpt" not in header:
+        raise MiniGPTError(f"{path} is a safetensors file but not a minigpt checkpoint (no 'minigpt' metadata)")
+    meta = json.loads(header["minigpt"])
     if meta.get("format") != FORMAT:
         raise MiniGPTError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
-    return Checkpoint(path, tensors, meta)
+    return Checkpoint(path, load_tensors(path), meta)
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise MiniGPTError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
 
 
 def read_safetensors_metadata(path: str | Path, key: str) -> dict:
@@ -164,11 +167,7 @@ def read_safetensors_metadata(path: str | Path, key: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MiniGPTError(f"file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise MiniGPTError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    header = _read_header(path)
     if key not in header:
         raise MiniGPTError(f"{path} has no {key!r} metadata (not written by minigpt?)")
     return json.loads(header[key])

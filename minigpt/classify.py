@@ -319,3 +319,34 @@ if __name__ == "__main__":
     from .cli import run_cli
 
     sys.exit(run_cli(main))
+
+
+# ----------------------------------------------------------------------------- zero/few-shot baseline
+
+
+@torch.no_grad()
+def score_label_words(model: GPT, tok, prompts: list[str], label_words: list[str], device: torch.device) -> torch.Tensor:
+    """log P(label word | prompt) under a language model, for every prompt and label: (N, K).
+
+    Each label word is scored as the sum of its tokens' log-probabilities after the prompt (with a
+    leading space, as a word follows "Label:"). Prompts are cut from the left to fit the block.
+    """
+    block = model.config.block_size
+    word_ids = [tok.encode(" " + w) for w in label_words]
+    scores = torch.empty(len(prompts), len(label_words))
+    for n, prompt in enumerate(prompts):
+        context = tok.encode(prompt)
+        for k, ids in enumerate(word_ids):
+            seq = (context + ids)[-block:]
+            x = torch.tensor([seq[:-1]], device=device)
+            log_probs = F.log_softmax(model(x)[0][0].float(), dim=-1)  # (T, V)
+            targets = seq[-len(ids):]
+            positions = range(len(seq) - 1 - len(ids), len(seq) - 1)
+            scores[n, k] = sum(log_probs[p, t].item() for p, t in zip(positions, targets))
+    return scores
+
+
+def few_shot_prompts(texts: list[str], examples: list[tuple[str, str]], instruction: str = "") -> list[str]:
+    """"Message: ...\\nLabel: ..." blocks for the k examples, then the text to classify."""
+    shots = "".join(f"Message: {t}\nLabel: {w}\n\n" for t, w in examples)
+    return [f"{instruction}{shots}Message: {t}\nLabel:" for t in texts]

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import MiniGPTError
 
 ATTENTION_BACKENDS = ("sdpa", "manual")
+ACTIVATIONS = ("gelu_tanh", "gelu")
 POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal")
 
 
@@ -35,6 +36,7 @@ class GPTConfig:
     attn_backend: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (explicit softmax(QK^T/sqrt(d))V)
     tie_weights: bool = True  # LM head shares its matrix with the token embedding
     layer_norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"  # GPT-2's tanh approximation of GELU, or "gelu" (exact, erf form)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +65,8 @@ class GPTConfig:
             raise MiniGPTError(
                 f"GPTConfig.pos_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {self.pos_embedding!r}"
             )
+        if self.activation not in ACTIVATIONS:
+            raise MiniGPTError(f"GPTConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.layer_norm_eps > 0:
             raise MiniGPTError(f"GPTConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
 
@@ -146,6 +150,7 @@ class ModelFields:
     pos_embedding: str = _field("learned", "positional embedding: learned or sinusoidal")
     attn_backend: str = _field("sdpa", "attention: sdpa (fused kernel) or manual (explicit softmax)")
     tie_weights: bool = _field(True, "tie the LM head to the token embedding")
+    activation: str = _field("gelu_tanh", "MLP activation: gelu_tanh (GPT-2's) or gelu (exact; faster on some CPUs)")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         names = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size", "layer_norm_eps"}

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .device import autocast, resolve_device, resolve_dtype
@@ -45,16 +46,20 @@ def perplexity(model: GPT, ids: list[int], stride: int | None = None, batch_size
         begin = max(0, end - T + stride) if end < len(data) - 1 else end
     total_nll, total_tokens = 0.0, 0
     model.eval()
+    # windows of equal length (all but possibly the last) run batch_size at a time
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", unit="batch", disable=None if progress else True, file=sys.stderr):
         group = windows[i: i + batch_size]
-        for begin, end, first_new in group:  # windows differ in length only at the end; keep it simple
-            x = data[begin:end][None].to(device)  # (1, t)
-            y = data[begin + 1: end + 1][None].to(device)  # (1, t)
+        lengths = {end - begin for begin, end, _ in group}
+        runs = [group] if len(lengths) == 1 else [[w] for w in group]
+        for run in runs:
+            x = torch.stack([data[b:e] for b, e, _ in run]).to(device)  # (n, t)
+            y = torch.stack([data[b + 1: e + 1] for b, e, _ in run]).to(device)  # (n, t)
             with autocast(device, dtype):
                 logits, _ = model(x)
-            nll = torch.nn.functional.cross_entropy(logits[0, first_new:].float(), y[0, first_new:], reduction="sum")
-            total_nll += nll.item()
-            total_tokens += y.size(1) - first_new
+            nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)  # (n, t)
+            for row, (_, _, first_new) in enumerate(run):
+                total_nll += nll[row, first_new:].sum().item()
+                total_tokens += y.size(1) - first_new
     loss = total_nll / total_tokens
     return {"tokens": total_tokens, "loss": loss, "perplexity": math.exp(loss), "nll_sum": total_nll}
 

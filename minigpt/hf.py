@@ -25,8 +25,9 @@ def _config_from_hf(hf: dict, source: str) -> dict:
             raise MiniGPTError(f"{source}: config {what} is not supported by minigpt's GPT-2 layout")
 
     require(hf.get("model_type", "gpt2") == "gpt2", f"model_type {hf.get('model_type')!r}")
-    require(hf.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
-            f"activation_function {hf.get('activation_function')!r}")
+    activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
+        hf.get("activation_function", "gelu_new"))
+    require(activation is not None, f"activation_function {hf.get('activation_function')!r}")
     require(hf.get("n_inner") in (None, 4 * hf.get("n_embd", 768)), f"n_inner {hf.get('n_inner')!r}")
     require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
     require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
@@ -34,7 +35,7 @@ def _config_from_hf(hf: dict, source: str) -> dict:
         return dict(
             vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
             n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_weights=hf.get("tie_word_embeddings", True), bias=True, pos_embedding="learned",
+            tie_weights=hf.get("tie_word_embeddings", True), bias=True, pos_embedding="learned", activation=activation,
         )
     except KeyError as err:
         raise MiniGPTError(f"{source}: config has no key {err.args[0]!r}") from None
@@ -108,7 +109,8 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def to_hf_config(config: GPTConfig) -> dict:
     """A ``GPT2Config``-shaped dict for ``config``."""
     hf_config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
         "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd, "n_inner": None,
         "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import LoopConfig, TrainConfig
+from .config import GPTConfig, LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
@@ -177,7 +177,8 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
     iter_num, best, bad_evals = 0, None, 0
     if cfg.resume or cfg.eval_only:
         ckpt = load_checkpoint(out_dir / LAST)
-        if "model_config" in task.meta and ckpt.meta.get("model_config") != task.meta["model_config"]:
+        saved = ckpt.meta.get("model_config")
+        if "model_config" in task.meta and (saved is None or GPTConfig.from_dict(saved).to_dict() != task.meta["model_config"]):
             raise MiniGPTError(
                 f"{ckpt.path}: checkpoint model {ckpt.meta.get('model_config')} differs from the config {task.meta['model_config']}"
             )

@@ -278,3 +278,23 @@ def test_long_texts_are_truncated_to_max_length_and_counted(tmp_path):
     enc = Encoded(data, CharTokenizer(["a", "b"]), ["x", "y"], max_length=10, truncate="tail")
     ids, mask, labels = enc.batch([0, 1], torch.device("cpu"))
     assert enc.n_truncated == 1 and ids.shape == (2, 10) and mask.sum().item() == 13 and labels.tolist() == [0, 1]
+
+
+def test_label_word_scores_equal_sequence_log_probabilities():
+    from minigpt.classify import few_shot_prompts, score_label_words
+    from minigpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz :\n"))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompts = few_shot_prompts(["good day"], [("bad", "no")])
+    assert prompts == ["Message: bad\nLabel: no\n\nMessage: good day\nLabel:"]
+    prompts = [p.lower() for p in prompts]
+    scores = score_label_words(gpt, tok, prompts, ["yes", "no"], torch.device("cpu"))
+    for k, word in enumerate(["yes", "no"]):
+        seq = tok.encode(prompts[0] + " " + word)
+        logits, _ = gpt(torch.tensor([seq[:-1]]))
+        lp = torch.log_softmax(logits[0], -1)
+        n = len(" " + word)
+        expected = sum(lp[len(seq) - 1 - n + j, seq[len(seq) - n + j]].item() for j in range(n))
+        assert scores[0, k].item() == pytest.approx(expected, abs=1e-4)

@@ -88,7 +88,7 @@ def test_legacy_pytorch_model_bin(tmp_path):
         torch.testing.assert_close(ours(idx)[0], hf_logits(hf, idx), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [dict(pos_embedding="sinusoidal"), dict(bias=False)])
+@pytest.mark.parametrize("kw", [dict(pos_embedding="sinusoidal"), dict(bias=False), dict(activation="gelu")])
 def test_export_of_non_gpt2_variants_computes_the_same_function(tmp_path, kw):
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, **kw)).eval()
