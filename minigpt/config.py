@@ -267,7 +267,7 @@ def _unknown_key(key: str, known: list[str], source: str) -> MiniGPTError:
     import difflib
 
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; run with --help to list the keys"
+    hint = f"; did you mean {close[0]!r}?" if close else "; run with --help to list the keys"
     return MiniGPTError(f"{source}: unknown key {key!r}{hint}")
 
 

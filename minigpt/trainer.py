@@ -195,6 +195,7 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
     elif ddp.rank:
         torch.manual_seed(cfg.seed + ddp.rank)  # distinct dropout masks per rank
 
+    raw_model.train()  # a backbone loaded for fine-tuning may arrive in eval mode (dropout off)
     model = raw_model
     if cfg.compile:
         model = torch.compile(model)

@@ -1,7 +1,5 @@
 """Generation: KV cache = full recomputation, batched = one by one, processors against references."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,7 +7,7 @@ import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig, MiniGPTError
 from minigpt.generate import (apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
-                              generate, stream)
+                              generate)
 
 
 def model(backend="sdpa", pos="learned", block=96, seed=0):
