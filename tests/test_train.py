@@ -158,8 +158,11 @@ def test_ddp_two_processes_match_one_process(char_data, tmp_path):
     assert len(one) == len(two) == 4
     # same global batch, same batches: per-step losses agree to float32 reduction-order noise
     assert one == pytest.approx(two, abs=1e-4)
+    # weights: Adam divides by sqrt(v), so a parameter whose gradient is pure float noise can take a
+    # full-size step either way; single elements may differ by ~lr, so compare the mean difference
     a, b = weights(tmp_path / "one" / LAST), weights(tmp_path / "two" / LAST)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diffs.mean().item() < 1e-5
 
 
 @pytest.mark.parametrize("args,message", [
