@@ -3,16 +3,17 @@
 from .config import GPTConfig
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
-from .generate import generate
-from .heads import LMHead
-from .layers import Block, CausalSelfAttention, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
-from .model import GPT, GPTBackbone
+from .generate import generate, stream
+from .heads import ClassificationHead, LMHead
+from .layers import Block, CausalSelfAttention, KVCache, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
+from .model import GPT, GPTBackbone, GPTClassifier
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
 
 __all__ = [
-    "GPT", "GPTBackbone", "GPTConfig", "LMHead", "Block", "CausalSelfAttention", "MLP",
+    "GPT", "GPTBackbone", "GPTClassifier", "GPTConfig", "LMHead", "ClassificationHead", "Block",
+    "CausalSelfAttention", "KVCache", "MLP",
     "SinusoidalPositionalEmbedding", "sinusoidal_table", "CharTokenizer", "GPT2Tokenizer",
-    "tokenizer_from_meta", "MiniGPTError", "generate", "autocast", "resolve_device", "resolve_dtype",
+    "tokenizer_from_meta", "MiniGPTError", "generate", "stream", "autocast", "resolve_device", "resolve_dtype",
     "seed_everything",
 ]
 __version__ = "0.1.0"
