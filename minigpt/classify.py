@@ -29,7 +29,7 @@ from .labelled import (LabelledText, class_weights, downsample, label_map, pad_b
                        stratified_split)
 from .lora import apply_lora, merge_lora
 from .metrics import classification_report, format_report
-from .model import GPT, GPTBackbone, GPTClassifier
+from .model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
 from .trainer import BEST, Task, batch_seed, fit, setup_distributed
 
@@ -80,17 +80,9 @@ def configure_trainable(model: GPTClassifier, cfg: ClassifyConfig) -> list[str]:
 
 def optimizer_for(model: GPTClassifier, cfg: ClassifyConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW: decay on ≥2-D weights; the head's groups run at head_lr_scale × the schedule."""
-    groups = []
-    for part, scale in ((model.backbone, 1.0), (model.heads, cfg.head_lr_scale)):
-        params = [p for p in part.parameters() if p.requires_grad]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.dim() >= 2) == decay]
-            if chosen:
-                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale})
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    groups = [*decay_groups(model.backbone.parameters(), cfg.weight_decay, lr_scale=1.0),
+              *decay_groups(model.heads.parameters(), cfg.weight_decay, lr_scale=cfg.head_lr_scale)]
+    return adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
 
 
 def build_classifier(meta: dict) -> GPTClassifier:

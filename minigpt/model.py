@@ -23,6 +23,28 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def decay_groups(params, weight_decay: float, **extra) -> list[dict]:
+    """AdamW groups of the trainable ``params``: matrices and embeddings (≥ 2-D) decay; biases and
+    LayerNorm gains do not. ``extra`` keys (e.g. ``lr_scale``) go into both groups; empty groups are left out."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **extra},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def adamw(groups: list[dict], learning_rate: float, betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has one for the device (CUDA; also the CPU from
+    torch 2.4, where it is about 3x faster than the per-tensor loop)."""
+    if device_type in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+        except (RuntimeError, TypeError):  # older torch: no fused kernel for this device
+            pass
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+
 class GPTBackbone(nn.Module):
     """Token + position embeddings, ``n_layer`` pre-LN blocks, final LayerNorm: ids (B, T) -> hidden (B, T, C)."""
 
@@ -143,25 +165,14 @@ class GPT(nn.Module):
         return n
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: matrices and embeddings (≥ 2-D) decay; biases and LayerNorm gains do not."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        """AdamW groups of the trainable parameters (see ``decay_groups``)."""
+        return decay_groups(self.parameters(), weight_decay)
 
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ) -> torch.optim.AdamW:
-        """AdamW over ``param_groups``, with the fused kernel where this torch has one for the device
-        (CUDA; also the CPU from torch 2.4, where it is about 3x faster than the per-tensor loop)."""
-        groups = self.param_groups(weight_decay)
-        if device_type in ("cuda", "cpu"):
-            try:
-                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
-            except (RuntimeError, TypeError):  # older torch: no fused kernel for this device
-                pass
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+        """AdamW over ``param_groups`` (see ``adamw``)."""
+        return adamw(self.param_groups(weight_decay), learning_rate, betas, device_type)
 
     # --------------------------------------------------------------------------- Hugging Face interop
 
