@@ -77,6 +77,15 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 #                                       optimizer hyper-parameters, grad-scaler state, train config
 
 FORMAT = "minigpt-checkpoint-1"
+LAST, BEST = "ckpt_last.safetensors", "ckpt_best.safetensors"
+
+
+def find_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint a training out_dir offers for inference: the best, else the last, else None."""
+    for name in (BEST, LAST):
+        if (Path(out_dir) / name).is_file():
+            return Path(out_dir) / name
+    return None
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

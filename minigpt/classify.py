@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import LAST, find_checkpoint, load_checkpoint, write_json
 from .config import ClassifyConfig, GPTConfig
 from .device import autocast, resolve_dtype, seed_everything
 from .errors import MiniGPTError
@@ -31,7 +31,7 @@ from .lora import apply_lora, merge_lora
 from .metrics import classification_report, format_report
 from .model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
-from .trainer import BEST, Task, batch_seed, fit, setup_distributed
+from .trainer import Task, batch_seed, fit, setup_distributed
 
 # ----------------------------------------------------------------------------- model assembly
 
@@ -255,7 +255,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu"):
     """(classifier in eval mode with LoRA merged, tokenizer, meta) from a classification checkpoint or out_dir."""
     path = Path(path)
     if path.is_dir():
-        path = path / BEST if (path / BEST).is_file() else path / "ckpt_last.safetensors"
+        path = find_checkpoint(path) or path / LAST  # (a missing checkpoint is reported by load_checkpoint)
     ckpt = load_checkpoint(path)
     if ckpt.meta.get("task") != "classify":
         raise MiniGPTError(f"{path} is not a classifier checkpoint (it was trained for {ckpt.meta.get('task', 'pretraining')!r})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import find_checkpoint, load_checkpoint
 from .config import GPTConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import MiniGPTError
@@ -25,14 +25,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu"):
     if not path.exists():
         raise MiniGPTError(f"checkpoint not found: {path}")
     if path.is_dir():
-        for name in ("ckpt_best.safetensors", "ckpt_last.safetensors"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        found = find_checkpoint(path)
+        if found is None:
             if (path / "config.json").is_file():
                 return GPT.from_pretrained(path).to(device).eval(), GPT2Tokenizer()
             raise MiniGPTError(f"{path} holds no minigpt checkpoint (ckpt_*.safetensors) nor a Hugging Face config.json")
+        path = found
     ckpt = load_checkpoint(path)
     model = GPT(GPTConfig.from_dict(ckpt.meta["model_config"]))
     ckpt.load_model(model)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .config import GPTConfig, LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
@@ -31,7 +31,6 @@ from .errors import MiniGPTError
 from .model import GPT
 from .perf import flops_per_token, measure_matmul_peak
 
-LAST, BEST = "ckpt_last.safetensors", "ckpt_best.safetensors"
 
 
 class NonFiniteLoss(MiniGPTError):
