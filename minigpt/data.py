@@ -250,19 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
     parser.add_argument("--char_vocab_from", help="meta.json whose character vocabulary to reuse")
     parser.add_argument("--seed", type=int, default=0, help="order in which documents are drawn for val")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
-        meta = prepare_corpus(args.input, args.out, args.tokenizer, args.val_fraction, args.char_vocab_from, args.seed)
-    except MiniGPTError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    meta = prepare_corpus(args.input, args.out, args.tokenizer, args.val_fraction, args.char_vocab_from, args.seed)
     print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
           f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), stored as {meta['dtype']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -24,18 +24,26 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
     return records
 
 
-def plot_losses(out_dir: str | Path) -> Path | None:
-    """Train (per step) and val (per evaluation) loss against iteration, with tokens on a top axis.
-
-    Returns the PNG path, or None (with a note) when matplotlib is not installed.
-    """
+def _pyplot(what: str):
+    """matplotlib.pyplot on a file-only backend, or None (with a note naming ``what``) if not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("note: install matplotlib (pip install 'minigpt[plot]') for loss.png", file=sys.stderr)
+        print(f"note: install matplotlib (pip install 'minigpt[plot]') for {what}", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot_losses(out_dir: str | Path) -> Path | None:
+    """Train (per step) and val (per evaluation) loss against iteration, with tokens on a top axis.
+
+    Returns the PNG path, or None (with a note) when matplotlib is not installed.
+    """
+    plt = _pyplot("loss.png")
+    if plt is None:
         return None
     records = read_metrics(out_dir)
     # a resumed run appends; keep the last record for each (kind, iteration)
@@ -79,13 +87,8 @@ def plot_losses(out_dir: str | Path) -> Path | None:
 
 def plot_confusion(matrix, class_names, path: str | Path, title: str = "") -> Path | None:
     """A confusion-matrix heat map with counts (rows: true class, columns: predicted)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: install matplotlib (pip install 'minigpt[plot]') for confusion.png", file=sys.stderr)
+    plt = _pyplot("confusion.png")
+    if plt is None:
         return None
     import numpy as np
 
@@ -111,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigpt.plot", description="Write OUT_DIR/loss.png from OUT_DIR/metrics.jsonl.")
     parser.add_argument("out_dir")
     args = parser.parse_args(argv)
-    try:
-        png = plot_losses(args.out_dir)
-    except MiniGPTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    png = plot_losses(args.out_dir)
     if png:
         print(png)
     return 0 if png else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_cli
+
+    sys.exit(run_cli(main))
