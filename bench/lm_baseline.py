@@ -1,5 +1,6 @@
 """Zero- and few-shot classification with the language model alone (no training): score each label
-word after a prompt holding k labelled examples, pick the likeliest. Same splits as the config.
+word after a prompt holding k labelled examples, pick the likeliest, raw and with contextual
+calibration. Same splits as the config.
 
     python bench/lm_baseline.py configs/finetune_sms_spam.toml --label_words ham=normal spam=spam --shots 0 4
 """
@@ -12,10 +13,12 @@ import time
 
 import torch
 
-from minigpt.classify import few_shot_prompts, load_splits, score_label_words
+from minigpt.classify import calibrate_scores, few_shot_prompts, load_splits, score_label_words
 from minigpt.config import ClassifyConfig, build_config
 from minigpt.metrics import classification_report
 from minigpt.sample import load_model
+
+CONTENT_FREE = ["N/A", "", "[MASK]"]
 
 
 def main() -> None:
@@ -43,10 +46,14 @@ def main() -> None:
         examples = [(rng.choice(pool[names[i % len(names)]]), words[names[i % len(names)]]) for i in range(k)]
         rng.shuffle(examples)
         start = time.perf_counter()
-        scores = score_label_words(model, tok, few_shot_prompts(texts, examples), [words[n] for n in names], torch.device("cpu"))
-        report = classification_report([ids[x] for x in labels], scores.argmax(-1).tolist(), names)
-        print(f"{k}-shot: accuracy {report['accuracy']:.4f}, macro F1 {report['macro avg']['f1-score']:.4f} "
-              f"on {len(texts)} texts ({time.perf_counter() - start:.0f}s)")
+        label_words = [words[n] for n in names]
+        scores = score_label_words(model, tok, few_shot_prompts(texts, examples), label_words, torch.device("cpu"))
+        prior = score_label_words(model, tok, few_shot_prompts(CONTENT_FREE, examples), label_words, torch.device("cpu"))
+        seconds = time.perf_counter() - start
+        for name, final_scores in (("", scores), (" calibrated", calibrate_scores(scores, prior))):
+            report = classification_report([ids[x] for x in labels], final_scores.argmax(-1).tolist(), names)
+            print(f"{k}-shot{name}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro avg']['f1-score']:.4f} "
+                  f"on {len(texts)} texts ({seconds:.0f}s)")
 
 
 if __name__ == "__main__":

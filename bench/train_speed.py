@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +38,12 @@ class Shape:
     batch_size: int
     tokenizer: str  # "char" or "gpt2"
     steps: int
+    options: dict = field(default_factory=dict)  # other GPTConfig fields, as the matching config file sets them
 
 
 SHAPES = [
-    Shape("baby char 4x4x128 T64 B12", 4, 4, 128, 64, 12, "char", 60),
+    # as configs/shakespeare_char.toml: exact GELU, untied LM head
+    Shape("baby char 4x4x128 T64 B12", 4, 4, 128, 64, 12, "char", 60, dict(activation="gelu", tie_weights=False)),
     Shape("6x384 T256 B8 gpt2-vocab", 6, 6, 384, 256, 8, "gpt2", 12),
     Shape("gpt2-124M T256 B4", 12, 12, 768, 256, 4, "gpt2", 4),
 ]
@@ -64,11 +66,12 @@ def batches(tokens: np.ndarray, shape: Shape, n: int, seed: int = 0) -> list[tup
 
 
 def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compile_model: bool, warmup: int,
-        activation: str = "gelu_tanh"):
+        activation: str | None = None):
     """Train `shape` for warmup + steps steps; returns (tokens/s over the timed steps, final loss)."""
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=vocab, block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head,
-                       n_embd=shape.n_embd, attn_backend=backend, activation=activation)
+                       n_embd=shape.n_embd, attn_backend=backend,
+                       **{**shape.options, **({"activation": activation} if activation else {})})
     model = GPT(config)
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
     step_model = torch.compile(model) if compile_model else model
@@ -81,7 +84,7 @@ def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compil
         with autocast(device, dtype):
             _, loss = step_model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)  # as the trainer does
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - start
@@ -94,12 +97,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast rows")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every shape's timed steps")
-    parser.add_argument("--activation", default="gelu_tanh", choices=["gelu_tanh", "gelu"],
-                        help="MLP activation for every row (gelu_tanh is GPT-2's; gelu is the exact erf form)")
+    parser.add_argument("--activation", choices=["gelu_tanh", "gelu"],
+                        help="MLP activation for every row (default: each shape's; gelu_tanh is GPT-2's, gelu the exact erf form)")
     args = parser.parse_args()
 
     device = torch.device("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation or 'per shape'}")
     peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
     peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
     print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)\n")

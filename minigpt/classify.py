@@ -29,26 +29,18 @@ from .labelled import (LabelledText, class_weights, downsample, label_map, pad_b
                        stratified_split)
 from .lora import apply_lora, merge_lora
 from .metrics import classification_report, format_report
-from .model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
+from .model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups, set_dropout
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
 from .trainer import Task, batch_seed, fit, setup_distributed
 
 # ----------------------------------------------------------------------------- model assembly
 
 
-def set_dropout(module: torch.nn.Module, p: float) -> None:
-    """Set every dropout rate in ``module`` (fine-tuning often wants a different one than pretraining)."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = p
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):  # the attention's own SDPA dropout
-            m.dropout = p
-
-
 def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device):
     """(backbone, tokenizer, description) from ``init_from``: scratch, a minigpt checkpoint, or HF GPT-2."""
     if cfg.init_from == "scratch":
-        tok = CharTokenizer.from_text("".join(texts)) if cfg.tokenizer == "char" else GPT2Tokenizer()
+        # characters the training texts lack (in val, test or later inputs) read as U+FFFD
+        tok = CharTokenizer.from_text("".join(texts), unknown="\ufffd") if cfg.tokenizer == "char" else GPT2Tokenizer()
         gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
         return gpt.backbone.to(device), tok, "randomly initialised"
     from .sample import load_model
@@ -335,6 +327,16 @@ def score_label_words(model: GPT, tok, prompts: list[str], label_words: list[str
             positions = range(len(seq) - 1 - len(ids), len(seq) - 1)
             scores[n, k] = sum(log_probs[p, t].item() for p, t in zip(positions, targets))
     return scores
+
+
+def calibrate_scores(scores: torch.Tensor, content_free_scores: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration (Zhao et al., 2021, "Calibrate Before Use"): a small LM tends to prefer
+    one label word whatever the text; divide that prior out. ``scores`` (N, K) and
+    ``content_free_scores`` (M, K) are label-word log-probabilities, the latter for M content-free
+    texts ("N/A", "") in the same prompt. Returns log P(label | text) - mean log P(label | content-free),
+    each row renormalised over the K labels first."""
+    prior = content_free_scores.log_softmax(-1).mean(0)  # (K,)
+    return scores.log_softmax(-1) - prior  # (N, K)
 
 
 def few_shot_prompts(texts: list[str], examples: list[tuple[str, str]], instruction: str = "") -> list[str]:

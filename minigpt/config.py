@@ -162,6 +162,8 @@ class TrainConfig(LoopConfig, ModelFields):
     """Pretraining (``task = "pretrain"``): read from a TOML file in ``configs/``, then ``--key=value`` overrides."""
 
     data_dir: str = _field("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
+    init_from: str = _field("", "continue pretraining from this checkpoint or out_dir (fresh optimizer); "
+                                "its architecture replaces the model keys except dropout")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -192,7 +194,7 @@ class ClassifyConfig(LoopConfig, ModelFields):
     truncate: str = _field("head", "keep the head (first tokens) or tail (last tokens) of a long text")
     # model
     init_from: str = _field("scratch", "scratch, a minigpt checkpoint or out_dir, or a Hugging Face GPT-2 folder")
-    tokenizer: str = _field("gpt2", "for init_from=scratch: gpt2 or char (vocabulary from the training texts)")
+    tokenizer: str = _field("gpt2", "for init_from=scratch: gpt2 or char (vocabulary from the training texts; other characters read as U+FFFD)")
     pooling: str = _field("last", "last, mean or first (real tokens only)")
     head_hidden: int = _field(0, "width of a hidden layer in the head (0: a single linear layer)")
     head_dropout: float = _field(0.0, "dropout before the head's output layer")

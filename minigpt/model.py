@@ -157,11 +157,14 @@ class GPT(nn.Module):
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once each (a tied matrix once). ``non_embedding`` leaves out the
-        position table, the usual convention for scaling laws (the tied token table doubles as
-        the LM head, so it stays in)."""
+        lookup tables, the usual convention for scaling laws and FLOP counts: the position table,
+        and the token table unless it is tied (then it doubles as the LM head, a matmul)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and isinstance(self.backbone.wpe, nn.Embedding):
-            n -= self.backbone.wpe.weight.numel()
+        if non_embedding:
+            if isinstance(self.backbone.wpe, nn.Embedding):
+                n -= self.backbone.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.backbone.wte.weight.numel()
         return n
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -264,3 +267,13 @@ class GPTClassifier(nn.Module):
         head.load_state_dict(load_tensors(path))
         self.add_head(name, head.to(self.backbone.wte.weight.device), use)
         return meta
+
+
+def set_dropout(module: torch.nn.Module, p: float) -> None:
+    """Set every dropout rate in ``module`` (fine-tuning or continued
+    pretraining often wants a different one than the checkpoint was trained with)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):  # the attention's own SDPA dropout
+            m.dropout = p

@@ -143,27 +143,36 @@ class CharTokenizer:
     """One token per unicode character, with the vocabulary taken from a corpus.
 
     The vocabulary (sorted characters) is stored in ``to_meta()`` so a checkpoint decodes the same
-    way it was trained. A character outside the vocabulary is an error that names it.
+    way it was trained. A character outside the vocabulary is an error that names it, unless the
+    tokenizer has an ``unknown`` character (one of the vocabulary), which then stands for it: a
+    classifier trained on some texts must still read characters its training texts never had.
     """
 
     kind = "char"
 
-    def __init__(self, chars: Sequence[str]):
+    def __init__(self, chars: Sequence[str], unknown: str | None = None):
         chars = list(chars)
         if not chars:
             raise MiniGPTError("a character tokenizer needs at least one character in its vocabulary")
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise MiniGPTError("a character vocabulary must be distinct single characters")
+        if unknown is not None and unknown not in chars:
+            raise MiniGPTError(f"the unknown character {unknown!r} must be in the vocabulary")
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}
+        self.unknown = unknown
         self.vocab_size: int = len(chars)
         self.eot_token: int | None = None
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
+    def from_text(cls, text: str, unknown: str | None = None) -> "CharTokenizer":
+        """The sorted characters of ``text`` (plus ``unknown``, if given, to stand for any other)."""
+        return cls(sorted(set(text) | ({unknown} if unknown else set())), unknown)
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        if self.unknown is not None:
+            unk = self.stoi[self.unknown]
+            return [self.stoi.get(ch, unk) for ch in text]
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError:
@@ -180,7 +189,10 @@ class CharTokenizer:
         return self.decode(ids).encode("utf-8")
 
     def to_meta(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
+        meta = {"kind": self.kind, "chars": self.chars}
+        if self.unknown is not None:
+            meta["unknown"] = self.unknown
+        return meta
 
 
 def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
@@ -191,7 +203,7 @@ def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
     if kind == "char":
         if "chars" not in meta:
             raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(meta["chars"], meta.get("unknown"))
     raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected 'gpt2' or 'char'")
 
 

@@ -28,8 +28,9 @@ from .config import GPTConfig, LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
-from .model import GPT
+from .model import GPT, set_dropout
 from .perf import flops_per_token, measure_matmul_peak
+from .sample import load_model
 
 
 
@@ -287,7 +288,8 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
                 )
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)  # batched; PyTorch loops per tensor on CPU
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -337,13 +339,19 @@ def pretrain_task(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> T
     seed_everything(cfg.seed)  # same initial weights on every rank
     meta = load_meta(cfg.data_dir)
     train_tokens, val_tokens = open_tokens(cfg.data_dir, "train", meta), open_tokens(cfg.data_dir, "val", meta)
-    model_config = cfg.model_config(vocab_size=meta["vocab_size"])
-    model = GPT(model_config).to(device)
+    if cfg.init_from:
+        model = continued_model(cfg, meta, device)
+        model_config = model.config
+    else:
+        model_config = cfg.model_config(vocab_size=meta["vocab_size"])
+        model = GPT(model_config).to(device)
+    block_size = model_config.block_size
+    origin = f" from {cfg.init_from}" if cfg.init_from else ""
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_step = cfg.batch_size * block_size * cfg.gradient_accumulation_steps
 
     def draw(tokens, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return RandomWindows(tokens, cfg.block_size, cfg.batch_size, device, seed).next_batch()
+        return RandomWindows(tokens, block_size, cfg.batch_size, device, seed).next_batch()
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
@@ -366,9 +374,20 @@ def pretrain_task(cfg: TrainConfig, ddp: Distributed, device: torch.device) -> T
         meta={"model_config": model_config.to_dict(), "tokenizer": meta["tokenizer"]},
         units_per_step=tokens_per_step, unit="tok",
         flops_per_step=flops_per_token(model_config, model.num_parameters(non_embedding=True)) * tokens_per_step,
-        banner=f"model: {model.num_parameters():,} parameters | data: {meta['train_tokens']:,} train tokens "
+        banner=f"model: {model.num_parameters():,} parameters{origin} | data: {meta['train_tokens']:,} train tokens "
                f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,})",
     )
+
+
+def continued_model(cfg: TrainConfig, meta: dict, device: torch.device) -> GPT:
+    """The model of ``cfg.init_from`` (weights and architecture), checked against the prepared data."""
+    model, tok = load_model(cfg.init_from, device)
+    if tok.to_meta() != meta["tokenizer"]:
+        raise MiniGPTError(f"init_from {cfg.init_from} uses a {tok.to_meta()['kind']} tokenizer that differs from the one "
+                           f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}); prepare the data with the same tokenizer")
+    set_dropout(model, cfg.dropout)
+    model.config.dropout = cfg.dropout
+    return model.train()
 
 
 def train(cfg: TrainConfig) -> dict:

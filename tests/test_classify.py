@@ -298,3 +298,20 @@ def test_label_word_scores_equal_sequence_log_probabilities():
         n = len(" " + word)
         expected = sum(lp[len(seq) - 1 - n + j, seq[len(seq) - n + j]].item() for j in range(n))
         assert scores[0, k].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_calibration_removes_a_constant_label_preference():
+    from minigpt.classify import calibrate_scores
+
+    gen = torch.Generator().manual_seed(0)
+    evidence = torch.randn(200, 3, generator=gen)  # what the texts say
+    bias = torch.tensor([4.0, 0.0, -1.0])  # what the LM prefers regardless of the text
+    log_p = (evidence + bias).log_softmax(-1)
+    assert (log_p.argmax(-1) == 0).float().mean() > 0.9  # uncalibrated: nearly always label 0
+    content_free = (torch.zeros(2, 3) + bias).log_softmax(-1)  # no evidence at all
+    calibrated = calibrate_scores(log_p, content_free)
+    assert torch.equal(calibrated.argmax(-1), evidence.argmax(-1))
+    # in closed form: log_softmax(evidence) up to a per-row constant
+    diff = calibrated - evidence.log_softmax(-1)
+    assert torch.allclose(diff, diff[:, :1].expand_as(diff), atol=1e-5)
+

@@ -22,6 +22,10 @@ def test_gpt2_124m_parameter_count():
     per_block = 2 * (2 * C) + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
     assert model.num_parameters() == V * C + P * C + L * per_block + 2 * C
     assert model.num_parameters(non_embedding=True) == 124_439_808 - P * C
+    with torch.device("meta"):  # untied: the token table is a lookup only, the separate LM head a matmul
+        untied = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, tie_weights=False))
+    assert untied.num_parameters() == 124_439_808 + V * C
+    assert untied.num_parameters(non_embedding=True) == 124_439_808 - P * C
 
 
 def test_parameter_count_matches_hugging_face():

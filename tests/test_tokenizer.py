@@ -90,3 +90,14 @@ def test_char_tokenizer_vocab_meta_and_errors():
     assert isinstance(tokenizer_from_meta({"kind": "gpt2"}), GPT2Tokenizer)
     with pytest.raises(MiniGPTError, match="kind"):
         tokenizer_from_meta({"kind": "sentencepiece"})
+
+
+def test_char_tokenizer_with_an_unknown_character():
+    tok = CharTokenizer.from_text("好的 ok", unknown="\ufffd")
+    assert "\ufffd" in tok.chars and tok.vocab_size == 6
+    ids = tok.encode("很好 ok!")  # 很 and ! were never seen
+    assert tok.decode(ids) == "\ufffd好 ok\ufffd"
+    again = tokenizer_from_meta(tok.to_meta())  # the unknown character survives a checkpoint
+    assert again.unknown == "\ufffd" and again.encode("很好 ok!") == ids
+    with pytest.raises(MiniGPTError, match="must be in the vocabulary"):
+        CharTokenizer(["a", "b"], unknown="?")

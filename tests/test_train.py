@@ -15,6 +15,7 @@ import torch
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config import TrainConfig, build_config
 from minigpt.data import prepare_corpus
+from minigpt.errors import MiniGPTError
 from minigpt.trainer import BEST, LAST, NonFiniteLoss, learning_rate, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,26 @@ def test_training_lowers_loss_and_writes_outputs(char_data, tmp_path):
     assert best["score_name"] == "val_loss"
     assert best["best_score"] == pytest.approx(min(r["val_loss"] for r in evals))
     assert summary["best_val_loss"] == best["best_score"]
+
+
+def test_init_from_continues_pretraining_from_the_checkpoint(char_data, tmp_path):
+    first = train(tiny_cfg(char_data, tmp_path / "a", max_iters=10, lr_decay_iters=10, dropout=0.0))
+    # The model keys of the second config differ on purpose: the checkpoint's architecture wins.
+    train(tiny_cfg(char_data, tmp_path / "b", init_from=str(tmp_path / "a" / LAST), n_layer=3, n_embd=48,
+                   max_iters=5, lr_decay_iters=5, eval_interval=5, dropout=0.0))
+    evals = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    # iteration 0 of the continued run evaluates the first run's final weights on the same batches
+    assert evals[0]["iter"] == 0 and evals[0]["val_loss"] == pytest.approx(first["val_loss"], abs=1e-6)
+    continued = load_checkpoint(tmp_path / "b" / LAST).meta["model_config"]
+    assert continued == load_checkpoint(tmp_path / "a" / LAST).meta["model_config"]
+
+
+def test_init_from_with_another_tokenizer_is_an_error(char_data, tmp_path):
+    train(tiny_cfg(char_data, tmp_path / "a", max_iters=2, lr_decay_iters=2, eval_interval=2))
+    (tmp_path / "other.txt").write_text("xyz xyz zyx " * 500, encoding="utf-8")
+    prepare_corpus(tmp_path / "other.txt", tmp_path / "other", "char", progress=False)
+    with pytest.raises(MiniGPTError, match="tokenizer"):
+        train(tiny_cfg(tmp_path / "other", tmp_path / "b", init_from=str(tmp_path / "a")))
 
 
 def test_learning_rate_schedule():
