@@ -30,6 +30,7 @@ from .labelled import (LabelledText, class_weights, downsample, label_map, pad_b
 from .lora import apply_lora, merge_lora
 from .metrics import classification_report, format_report
 from .model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups, set_dropout
+from .sample import load_model
 from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
 from .trainer import Task, batch_seed, fit, setup_distributed
 
@@ -43,11 +44,8 @@ def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device):
         tok = CharTokenizer.from_text("".join(texts), unknown="\ufffd") if cfg.tokenizer == "char" else GPT2Tokenizer()
         gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
         return gpt.backbone.to(device), tok, "randomly initialised"
-    from .sample import load_model
-
     gpt, tok = load_model(cfg.init_from, device)
     set_dropout(gpt, cfg.dropout)
-    gpt.backbone.config.dropout = cfg.dropout
     return gpt.backbone, tok, f"pretrained from {cfg.init_from}"
 
 

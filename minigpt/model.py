@@ -270,9 +270,11 @@ class GPTClassifier(nn.Module):
 
 
 def set_dropout(module: torch.nn.Module, p: float) -> None:
-    """Set every dropout rate in ``module`` (fine-tuning or continued
-    pretraining often wants a different one than the checkpoint was trained with)."""
+    """Set every dropout rate in ``module`` (fine-tuning or continued pretraining often wants a
+    different one than the checkpoint was trained with), and in its config, which checkpoints save."""
     for m in module.modules():
+        if isinstance(getattr(m, "config", None), GPTConfig):
+            m.config.dropout = p
         if isinstance(m, torch.nn.Dropout):
             m.p = p
         if hasattr(m, "dropout") and isinstance(m.dropout, float):  # the attention's own SDPA dropout

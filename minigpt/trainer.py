@@ -386,7 +386,6 @@ def continued_model(cfg: TrainConfig, meta: dict, device: torch.device) -> GPT:
         raise MiniGPTError(f"init_from {cfg.init_from} uses a {tok.to_meta()['kind']} tokenizer that differs from the one "
                            f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}); prepare the data with the same tokenizer")
     set_dropout(model, cfg.dropout)
-    model.config.dropout = cfg.dropout
     return model.train()
 
 
