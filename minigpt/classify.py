@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import LAST, find_checkpoint, load_checkpoint, write_json
-from .config import ClassifyConfig, GPTConfig
+from .config import ClassifyConfig, GPTConfig, build_config
 from .device import autocast, resolve_dtype, seed_everything
 from .errors import MiniGPTError
 from .heads import ClassificationHead
@@ -108,6 +108,14 @@ def load_splits(cfg: ClassifyConfig) -> tuple[LabelledText, LabelledText, Labell
         if part is not None:
             part.check_labels(names)
     return train, val, test, names
+
+
+def training_documents(config_path: str) -> list[tuple[str, str]]:
+    """The training split of a classification config as (name, text) documents, labels dropped: the
+    in-domain unlabeled text for continued pretraining before fine-tuning on that same split (the
+    val and test texts stay unseen)."""
+    train = load_splits(build_config(ClassifyConfig, config_path, []))[0]
+    return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)]
 
 
 class Encoded:

@@ -136,19 +136,25 @@ def prepare_corpus(
     char_vocab_from: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    char_unknown: str | None = None,
+    docs: list[tuple[str, str]] | None = None,
 ) -> dict:
     """Tokenise a corpus into ``out_dir/{train,val}.bin`` + ``meta.json``; returns the meta dict.
 
     tokenizer: "char" (vocabulary from the corpus, or from ``char_vocab_from``, a meta.json whose
-    vocabulary must then cover every character) or "gpt2".
+    vocabulary must then cover every character) or "gpt2". ``char_unknown``: a character added to a
+    vocabulary built from the corpus to stand, later, for any character the corpus lacks (so that a
+    model trained on it can read, say, classification texts with characters it never saw).
+    ``docs``: (name, text) documents to use instead of reading ``input_path`` (then only a label).
     """
-    docs = read_documents(input_path)
+    if docs is None:
+        docs = read_documents(input_path)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
     if tokenizer == "char":
         if char_vocab_from is not None:
             tok = tokenizer_from_meta(read_json(char_vocab_from)["tokenizer"])
         else:
-            tok = CharTokenizer.from_text("".join(t for _, t in docs))
+            tok = CharTokenizer.from_text("".join(t for _, t in docs), unknown=char_unknown)
     elif tokenizer == "gpt2":
         tok = GPT2Tokenizer()
     else:
@@ -244,14 +250,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m minigpt.data",
         description="Tokenise a UTF-8 text file or a folder of .txt files into train.bin, val.bin and meta.json.",
     )
-    parser.add_argument("--input", required=True, help="a text file, or a folder of .txt files (split by document)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="a text file, or a folder of .txt files (split by document)")
+    source.add_argument("--texts_of", metavar="CONFIG",
+                        help="the training texts (labels dropped, one document each) of a classification config: "
+                             "in-domain text for continued pretraining (python train.py ... --init_from=...)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="default: char")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
     parser.add_argument("--char_vocab_from", help="meta.json whose character vocabulary to reuse")
     parser.add_argument("--seed", type=int, default=0, help="order in which documents are drawn for val")
+    parser.add_argument("--char_unknown", metavar="CHAR",
+                        help="char tokenizer: add this character (e.g. U+FFFD, $'\\ufffd' in bash) to stand for "
+                             "any character outside the vocabulary when the model later reads other text")
     args = parser.parse_args(argv)
-    meta = prepare_corpus(args.input, args.out, args.tokenizer, args.val_fraction, args.char_vocab_from, args.seed)
+    if args.char_unknown is not None and (len(args.char_unknown) != 1 or args.tokenizer != "char"):
+        parser.error("--char_unknown takes one character, with --tokenizer char")
+    docs = None
+    if args.texts_of:
+        from .classify import training_documents  # classification data reading lives there
+
+        docs = training_documents(args.texts_of)
+    meta = prepare_corpus(args.input or f"{args.texts_of} (training texts)", args.out, args.tokenizer,
+                          args.val_fraction, args.char_vocab_from, args.seed, char_unknown=args.char_unknown, docs=docs)
     print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
           f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), stored as {meta['dtype']}")
     return 0

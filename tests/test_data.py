@@ -124,3 +124,29 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(MiniGPTError, match="does not fit the model"):
         load_checkpoint(tmp_path / "c.safetensors").load_model(other)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files behind
+
+
+def test_training_texts_of_a_classification_config_become_a_corpus(tmp_path):
+    """--texts_of: the config's training split, one document per text; val and test texts stay out.
+    --char_unknown: the vocabulary gets a stand-in that later reads characters the corpus lacks."""
+    from minigpt.classify import load_splits
+    from minigpt.config import ClassifyConfig, build_config
+    from minigpt.tokenizer import tokenizer_from_meta
+
+    rows = [f"{'pos' if i % 3 else 'neg'}\treview {i} {'好' if i % 2 else '坏'}" for i in range(60)]
+    write(tmp_path / "reviews.tsv", "\n".join(rows) + "\n")
+    config = write(tmp_path / "c.toml", f'task = "classify"\ntrain_file = "{tmp_path / "reviews.tsv"}"\n'
+                                        'format = "tsv"\nheader = false\ntext_column = "1"\nlabel_column = "0"\n'
+                                        'split = "0.6,0.2,0.2"\n')
+    proc = run_prepare("--texts_of", str(config), "--out", str(tmp_path / "lm"), "--char_unknown", "\ufffd")
+    assert proc.returncode == 0, proc.stderr
+    meta = load_meta(tmp_path / "lm")
+    train, val, test, _ = load_splits(build_config(ClassifyConfig, str(config), []))
+    assert len(meta["train_documents"]) + len(meta["val_documents"]) == len(train.texts) == 36
+    tok = tokenizer_from_meta(meta["tokenizer"])
+    corpus = tok.decode(np.concatenate([open_tokens(tmp_path / "lm", s, meta) for s in ("train", "val")]).tolist())
+    assert sorted(corpus.splitlines()) == sorted(train.texts)
+    assert not set(corpus.splitlines()) & set(val.texts + test.texts)
+    assert tok.decode(tok.encode("review 7 好!")) == "review 7 好\ufffd"  # '!' was never seen
+    proc = run_prepare("--input", str(config), "--texts_of", str(config), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
