@@ -150,3 +150,6 @@ def test_training_texts_of_a_classification_config_become_a_corpus(tmp_path):
     assert tok.decode(tok.encode("review 7 好!")) == "review 7 好\ufffd"  # '!' was never seen
     proc = run_prepare("--input", str(config), "--texts_of", str(config), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    pretraining = write(tmp_path / "p.toml", 'data_dir = "x"\n')
+    proc = run_prepare("--texts_of", str(pretraining), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "p.toml: not a classification config" in proc.stderr
