@@ -69,9 +69,11 @@ def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compil
         activation: str | None = None):
     """Train `shape` for warmup + steps steps; returns (tokens/s over the timed steps, final loss)."""
     torch.manual_seed(0)
+    options = dict(shape.options)
+    if activation:  # the --activation override wins over the shape's own
+        options["activation"] = activation
     config = GPTConfig(vocab_size=vocab, block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head,
-                       n_embd=shape.n_embd, attn_backend=backend,
-                       **{**shape.options, **({"activation": activation} if activation else {})})
+                       n_embd=shape.n_embd, attn_backend=backend, **options)
     model = GPT(config)
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
     step_model = torch.compile(model) if compile_model else model

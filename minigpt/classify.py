@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import LAST, find_checkpoint, load_checkpoint, write_json
-from .config import ClassifyConfig, GPTConfig, build_config, read_toml
+from .config import ClassifyConfig, GPTConfig, build_config, config_class
 from .device import autocast, resolve_dtype, seed_everything
 from .errors import MiniGPTError
 from .heads import ClassificationHead
@@ -114,7 +114,7 @@ def training_documents(config_path: str) -> list[tuple[str, str]]:
     """The training split of a classification config as (name, text) documents, labels dropped: the
     in-domain unlabeled text for continued pretraining before fine-tuning on that same split (the
     val and test texts stay unseen)."""
-    if read_toml(config_path).get("task") != "classify":
+    if config_class(config_path) is not ClassifyConfig:
         raise MiniGPTError(f'{config_path}: not a classification config (it has no task = "classify")')
     train = load_splits(build_config(ClassifyConfig, config_path, []))[0]
     return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)]

@@ -320,6 +320,15 @@ def build_config(cls, toml_path: str | None, overrides: list[str]):
     return cls(**values)
 
 
+def config_class(toml_path: str | None, overrides: list[str] = ()) -> type:
+    """The schema a config follows, by its task (a ``--task=`` override first, then the file's
+    ``task`` key): ``ClassifyConfig`` for "classify", else ``TrainConfig`` (pretraining)."""
+    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("--task=")), None)
+    if task is None and toml_path is not None:
+        task = read_toml(toml_path).get("task", "pretrain")
+    return ClassifyConfig if task == "classify" else TrainConfig
+
+
 def config_help(cls, skip=None) -> str:
     """One line per key: name, type, default and meaning (for ``--help``); keys of ``skip`` left out."""
     lines = []

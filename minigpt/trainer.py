@@ -417,13 +417,10 @@ classification adds OUT_DIR/report.json, report.txt and confusion.png.
 
 def main(argv: list[str]) -> int:
     """train.py: pick the task from the config (``task = "pretrain"`` or ``"classify"``), then run it."""
-    from .config import ClassifyConfig, build_config, config_help, read_toml
+    from .config import ClassifyConfig, build_config, config_class, config_help
 
     toml_path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
-    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("--task=")), None)
-    if task is None and toml_path is not None:
-        task = read_toml(toml_path).get("task", "pretrain")
-    cls = ClassifyConfig if task == "classify" else TrainConfig
+    cls = config_class(toml_path, overrides)
     if not argv or "--help" in argv or "-h" in argv:
         print(USAGE + "\npretraining keys (task = \"pretrain\"):\n" + config_help(TrainConfig)
               + "\n\nclassification keys (task = \"classify\"; the model keys apply to init_from = \"scratch\"):\n"
