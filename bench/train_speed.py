@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer
-from minigpt.device import autocast
+from minigpt.device import autocast, keep_freed_host_memory
 from minigpt.perf import flops_per_token, measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,10 +101,14 @@ def main() -> None:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every shape's timed steps")
     parser.add_argument("--activation", choices=["gelu_tanh", "gelu"],
                         help="MLP activation for every row (default: each shape's; gelu_tanh is GPT-2's, gelu the exact erf form)")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's malloc as it is (the trainer, and by default this bench, keep freed memory)")
     args = parser.parse_args()
 
+    kept = False if args.malloc_default else keep_freed_host_memory()  # as the trainer does on the CPU
     device = torch.device("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation or 'per shape'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation or 'per shape'}, "
+          f"freed memory {'kept' if kept else 'returned to the OS'}")
     peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
     peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
     print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)\n")

@@ -6,7 +6,10 @@ Everything else asks this module instead of testing ``torch.cuda.is_available()`
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -65,3 +68,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of handing it back to the OS.
+
+    By default every large CPU tensor freed at the end of a training step is returned (trimmed or
+    unmapped), so the next step page-faults its activations in afresh: about a thousand faults per
+    step for the baby Shakespeare model, roughly 1 ms of its 21 ms step on the 2-core CPU measured in
+    the README. With both thresholds at 1 GiB the step reuses its buffers; the process keeps its peak
+    memory. Returns False (and changes nothing) where glibc's ``mallopt`` is unavailable.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    one_gib = ctypes.c_int(1 << 30)
+    return bool(mallopt(m_mmap_threshold, one_gib)) and bool(mallopt(m_trim_threshold, one_gib))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .config import GPTConfig, LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
-from .device import autocast, resolve_device, resolve_dtype, seed_everything
+from .device import autocast, keep_freed_host_memory, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
 from .model import GPT, set_dropout
 from .perf import flops_per_token, measure_matmul_peak
@@ -225,6 +225,8 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
             print(f"iter {iter_num}: {fmt(metrics)}")
         return {"iter_num": iter_num, **metrics}
 
+    if device.type == "cpu":
+        keep_freed_host_memory()  # each step reuses its activation memory instead of faulting it in anew
     peak = measure_matmul_peak(device, dtype if dtype != torch.float16 or device.type == "cuda" else torch.float32, n=1024)
     metrics_path = out_dir / "metrics.jsonl"
     units_key = "tokens" if task.unit == "tok" else "examples"
