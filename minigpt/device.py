@@ -74,10 +74,10 @@ def keep_freed_host_memory() -> bool:
     """Make glibc keep freed memory in the process instead of handing it back to the OS.
 
     By default every large CPU tensor freed at the end of a training step is returned (trimmed or
-    unmapped), so the next step page-faults its activations in afresh: about a thousand faults per
-    step for the baby Shakespeare model, roughly 1 ms of its 21 ms step on the 2-core CPU measured in
-    the README. With both thresholds at 1 GiB the step reuses its buffers; the process keeps its peak
-    memory. Returns False (and changes nothing) where glibc's ``mallopt`` is unavailable.
+    unmapped), so the next step page-faults its activations in afresh: hundreds to a thousand faults
+    per step of the baby Shakespeare model, about 3% of its training time on the 2-core CPU measured
+    in the README. With both thresholds at 1 GiB each step reuses the memory of the one before; the
+    process keeps its peak memory. Returns False (and changes nothing) where glibc's ``mallopt`` is unavailable.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -70,7 +70,7 @@ def test_kept_host_memory_is_reused_instead_of_faulted_in_again():
         kept, count = out.stdout.split()
         return kept, int(count)
 
-    default_kept, default_faults = faults("default")
+    _, default_faults = faults("default")
     kept, kept_faults = faults("keep")
     if kept != "True":
         pytest.skip("mallopt is not available (not glibc)")
