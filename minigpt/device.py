@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import random
 import sys
 
@@ -82,8 +81,7 @@ def keep_freed_host_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's soname
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
