@@ -7,6 +7,7 @@ early with a message that names the field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,7 +321,7 @@ def build_config(cls, toml_path: str | None, overrides: list[str]):
     return cls(**values)
 
 
-def config_class(toml_path: str | None, overrides: list[str] = ()) -> type:
+def config_class(toml_path: str | None, overrides: Sequence[str] = ()) -> type:
     """The schema a config follows, by its task (a ``--task=`` override first, then the file's
     ``task`` key): ``ClassifyConfig`` for "classify", else ``TrainConfig`` (pretraining)."""
     task = next((o.split("=", 1)[1] for o in overrides if o.startswith("--task=")), None)
