@@ -13,6 +13,7 @@ of steps, so the final losses (last column) can be compared directly, e.g. bf16 
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer
-from minigpt.device import autocast, keep_freed_host_memory
+from minigpt.device import autocast, keep_freed_host_memory, native_bf16
 from minigpt.perf import flops_per_token, measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,17 @@ SHAPES = [
     Shape("6x384 T256 B8 gpt2-vocab", 6, 6, 384, 256, 8, "gpt2", 12),
     Shape("gpt2-124M T256 B4", 12, 12, 768, 256, 4, "gpt2", 4),
 ]
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), so that a table can be told apart from one made on another machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def token_stream(kind: str) -> tuple[np.ndarray, int]:
@@ -98,6 +110,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only shapes whose name contains this")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast rows")
+    parser.add_argument("--bf16-anyway", action="store_true",
+                        help="run bf16 rows even on a CPU without native bf16 matmuls (slow: a fallback kernel)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every shape's timed steps")
     parser.add_argument("--activation", choices=["gelu_tanh", "gelu"],
                         help="MLP activation for every row (default: each shape's; gelu_tanh is GPT-2's, gelu the exact erf form)")
@@ -107,11 +121,20 @@ def main() -> None:
 
     kept = False if args.malloc_default else keep_freed_host_memory()  # as the trainer does on the CPU
     device = torch.device("cpu")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP activation {args.activation or 'per shape'}, "
+    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, MLP activation {args.activation or 'per shape'}, "
           f"freed memory {'kept' if kept else 'returned to the OS'}")
+    if not args.no_bf16 and not native_bf16(device) and not args.bf16_anyway:
+        args.no_bf16 = True
+        print("bf16 rows skipped: this CPU has no native bf16 matmul (no AVX-512 / AMX), so they would measure a "
+              "slow fallback for many minutes (--bf16-anyway runs them)")
     peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
-    peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
-    print(f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)\n")
+    line = f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s"
+    peak16 = None
+    if not args.no_bf16:  # only measured when bf16 rows run
+        peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
+        line += f", bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)"
+    print(line + "\n")
 
     header = f"| {'shape':<28} | {'attention':<9} | {'dtype':<5} | {'compile':<7} | {'tokens/s':>9} | {'MFU':>5} | {'vs fp32':>7} | {'loss':>6} |"
     print(header)

@@ -1,17 +1,40 @@
+import platform
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
+import minigpt.device as device_module
 from minigpt import MiniGPTError, autocast, resolve_device, resolve_dtype, seed_everything
+from minigpt.device import native_bf16
 
 
-def test_cpu_defaults_to_float32():
+def test_cpu_defaults_to_float32(monkeypatch):
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
     cpu = resolve_device("cpu")
     assert cpu.type == "cpu"
     assert resolve_dtype(cpu) == torch.float32
     assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
+
+
+def test_bf16_without_native_support_warns_once_per_request(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16 matmul.*use 'float32'"):
+        assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
+        assert resolve_dtype(cpu, "float32") == torch.float32  # fp32 never asks
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 feature flags")
+def test_native_bf16_on_x86_cpu_needs_avx512():
+    # the CPU check must agree with the processor's features as torch's cpuinfo reports them
+    assert native_bf16(torch.device("cpu")) == torch.cpu._is_avx512_supported()
 
 
 def test_auto_device_is_available():
