@@ -6,6 +6,9 @@
 
 MFU = (6N + 12·L·H·Q·T) FLOPs per token × tokens/s ÷ peak, with N the non-embedding parameters and
 the peak the best of several large square matmuls in the same dtype, timed a moment earlier.
+"paired MFU" guards against a machine whose speed drifts (a shared host): the timed steps run in 4
+chunks with the peak measured again before, between and after them, each chunk's FLOP/s is divided
+by the mean of the two peaks around it, and the column shows the median over the chunks.
 Every row of a shape trains from the same initial weights on the same batches for the same number
 of steps, so the final losses (last column) can be compared directly, e.g. bf16 against fp32.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from minigpt.perf import flops_per_token, measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / "data" / "tinyshakespeare" / "input.txt"
+PEAK_N = 2048  # the square matmul whose best time is the peak
 
 
 @dataclass
@@ -77,9 +82,19 @@ def batches(tokens: np.ndarray, shape: Shape, n: int, seed: int = 0) -> list[tup
     return out
 
 
+@dataclass
+class Result:
+    tokens_per_s: float  # over all timed steps
+    loss: float  # after the last step
+    model: GPT
+    chunks: list[tuple[float, float]]  # per timed chunk: (tokens/s, mean of the peaks measured just before and after)
+
+
 def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compile_model: bool, warmup: int,
-        activation: str | None = None):
-    """Train `shape` for warmup + steps steps; returns (tokens/s over the timed steps, final loss)."""
+        activation: str | None = None, chunks: int = 4) -> Result:
+    """Train `shape` for warmup + steps steps. The timed steps run in `chunks` chunks with the matmul peak
+    of `dtype` measured before, between and after them (outside the timing), so that each chunk's
+    throughput can be set against the machine's speed at that moment."""
     torch.manual_seed(0)
     options = dict(shape.options)
     if activation:  # the --activation override wins over the shape's own
@@ -90,19 +105,31 @@ def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compil
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
     step_model = torch.compile(model) if compile_model else model
     device = torch.device("cpu")
-    loss = None
-    start = None
-    for i, (x, y) in enumerate(data[: warmup + shape.steps]):
-        if i == warmup:
-            start = time.perf_counter()
-        with autocast(device, dtype):
-            _, loss = step_model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)  # as the trainer does
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - start
-    return shape.steps * shape.batch_size * shape.block_size / elapsed, loss.item(), model
+    tokens_per_step = shape.batch_size * shape.block_size
+
+    def train_steps(batches) -> torch.Tensor:
+        for x, y in batches:
+            with autocast(device, dtype):
+                _, loss = step_model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)  # as the trainer does
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    loss = train_steps(data[:warmup])
+    bounds = np.linspace(warmup, warmup + shape.steps, min(chunks, shape.steps) + 1).round().astype(int)
+    peaks = [measure_matmul_peak(device, dtype, n=PEAK_N, repeats=3)]
+    rates, elapsed = [], 0.0
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        start = time.perf_counter()
+        loss = train_steps(data[lo:hi])
+        seconds = time.perf_counter() - start
+        elapsed += seconds
+        rates.append((hi - lo) * tokens_per_step / seconds)
+        peaks.append(measure_matmul_peak(device, dtype, n=PEAK_N, repeats=3))
+    chunk_peaks = [(a + b) / 2 for a, b in zip(peaks[:-1], peaks[1:])]
+    return Result(shape.steps * tokens_per_step / elapsed, loss.item(), model, list(zip(rates, chunk_peaks)))
 
 
 def main() -> None:
@@ -128,15 +155,16 @@ def main() -> None:
         args.no_bf16 = True
         print("bf16 rows skipped: this CPU has no native bf16 matmul (no AVX-512 / AMX), so they would measure a "
               "slow fallback for many minutes (--bf16-anyway runs them)")
-    peak32 = measure_matmul_peak(device, torch.float32, n=2048, repeats=8)
+    peak32 = measure_matmul_peak(device, torch.float32, n=PEAK_N, repeats=8)
     line = f"matmul peak: fp32 {peak32 / 1e9:.1f} GFLOP/s"
     peak16 = None
     if not args.no_bf16:  # only measured when bf16 rows run
-        peak16 = measure_matmul_peak(device, torch.bfloat16, n=2048, repeats=8)
+        peak16 = measure_matmul_peak(device, torch.bfloat16, n=PEAK_N, repeats=8)
         line += f", bf16 {peak16 / 1e9:.1f} GFLOP/s ({peak16 / peak32:.1f}x)"
     print(line + "\n")
 
-    header = f"| {'shape':<28} | {'attention':<9} | {'dtype':<5} | {'compile':<7} | {'tokens/s':>9} | {'MFU':>5} | {'vs fp32':>7} | {'loss':>6} |"
+    header = (f"| {'shape':<28} | {'attention':<9} | {'dtype':<5} | {'compile':<7} | {'tokens/s':>9} | {'MFU':>5} "
+              f"| {'paired MFU':>10} | {'vs fp32':>7} | {'loss':>6} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for shape in SHAPES:
@@ -156,20 +184,21 @@ def main() -> None:
         fp32_tok_s = None
         for backend, dtype, comp in variants:
             try:
-                tok_s, loss, model = run(shape, vocab, data, backend, dtype, comp, warmup=warmup, activation=args.activation)
+                result = run(shape, vocab, data, backend, dtype, comp, warmup=warmup, activation=args.activation)
             except Exception as err:  # report a row that cannot run (e.g. compile without a compiler)
                 dname = "bf16" if dtype == torch.bfloat16 else "fp32"
                 print(f"| {shape.name:<28} | {backend:<9} | {dname:<5} | {str(comp):<7} | failed: {type(err).__name__}: {err}"[:200])
                 continue
-            cfg = model.config
-            flops = flops_per_token(cfg, model.num_parameters(non_embedding=True)) * tok_s
+            tok_s = result.tokens_per_s
+            per_token = flops_per_token(result.model.config, result.model.num_parameters(non_embedding=True))
             peak = peak16 if dtype == torch.bfloat16 else peak32
+            paired = statistics.median(per_token * rate / chunk_peak for rate, chunk_peak in result.chunks)
             if backend == "sdpa" and dtype == torch.float32 and not comp:
                 fp32_tok_s = tok_s
             ratio = f"{tok_s / fp32_tok_s:.2f}x" if fp32_tok_s else "-"
             dname = "bf16" if dtype == torch.bfloat16 else "fp32"
             print(f"| {shape.name:<28} | {backend:<9} | {dname:<5} | {str(comp):<7} | {tok_s:>9,.0f} | "
-                  f"{flops / peak:>5.1%} | {ratio:>7} | {loss:>6.3f} |", flush=True)
+                  f"{per_token * tok_s / peak:>5.1%} | {paired:>10.1%} | {ratio:>7} | {result.loss:>6.3f} |", flush=True)
 
 
 if __name__ == "__main__":
