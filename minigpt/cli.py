@@ -1,11 +1,12 @@
-"""What the command-line tools share: one-line errors (``--debug`` for the traceback)."""
+"""What the command-line tools share: one-line errors and warnings (``--debug`` for the traceback)."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
-from .errors import MiniGPTError
+from .errors import MiniGPTError, MiniGPTWarning
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
@@ -13,6 +14,15 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # minigpt's own warnings: one line
+        if issubclass(category, MiniGPTWarning) and not debug:
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         return main(argv)
     except MiniGPTError as err:
@@ -20,3 +30,5 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = default_show

@@ -8,3 +8,8 @@ class MiniGPTError(ValueError):
     The command-line tools print it on one line without a traceback (``--debug`` shows it).
     It subclasses ``ValueError`` so code that already catches ``ValueError`` keeps working.
     """
+
+
+class MiniGPTWarning(RuntimeWarning):
+    """Something asked for works but is likely not what the user wants (e.g. bf16 on a CPU without
+    native bf16 matmuls). The command-line tools print it as one ``warning:`` line."""

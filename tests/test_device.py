@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import minigpt.device as device_module
-from minigpt import MiniGPTError, autocast, resolve_device, resolve_dtype, seed_everything
+from minigpt import MiniGPTError, MiniGPTWarning, autocast, resolve_device, resolve_dtype, seed_everything
+from minigpt.cli import run_cli
 from minigpt.device import native_bf16
 
 
@@ -29,6 +30,21 @@ def test_bf16_without_native_support_warns_once_per_request(monkeypatch):
         warnings.simplefilter("error")
         assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
         assert resolve_dtype(cpu, "float32") == torch.float32  # fp32 never asks
+
+
+def test_cli_prints_minigpt_warnings_on_one_line(capsys):
+    def main(argv):
+        warnings.warn("bf16 is slow here", MiniGPTWarning)
+        warnings.warn("from another library", UserWarning)
+        return 0
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        assert run_cli(main, []) == 0
+        assert warnings.showwarning is before  # restored after the command
+    assert capsys.readouterr().err.splitlines() == ["warning: bf16 is slow here"]
+    assert [w.category for w in caught] == [UserWarning]  # others go on to the default handler untouched
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 feature flags")
