@@ -54,12 +54,12 @@ def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     if dtype == torch.float16 and device.type == "cpu":
         raise MiniGPTError("dtype 'float16' is not supported on the CPU; use 'bfloat16' or 'float32'")
     if dtype == torch.bfloat16 and not native_bf16(device):
-        warnings.warn(
-            f"dtype 'bfloat16' on {device.type}: this processor has no native bf16 matmul (ATen's oneDNN path "
-            "needs AVX-512 or Arm bf16), so bf16 matmuls run far slower than float32 (16-25x measured on an "
-            "AVX2-only CPU); use 'float32' here",
-            MiniGPTWarning, stacklevel=2,
-        )
+        if device.type == "cpu":
+            why = ("this processor has no native bf16 matmul (ATen's oneDNN path needs AVX-512 or Arm bf16), so bf16 "
+                   "matmuls run far slower than float32 (16-25x measured on an AVX2-only CPU); use 'float32' here")
+        else:
+            why = "this GPU has no native bf16 support; use 'float16' or 'float32'"
+        warnings.warn(f"dtype 'bfloat16' on {device.type}: {why}", MiniGPTWarning, stacklevel=2)
     return dtype
 
 
