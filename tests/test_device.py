@@ -20,10 +20,10 @@ def test_cpu_defaults_to_float32(monkeypatch):
     assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
 
 
-def test_bf16_without_native_support_warns_once_per_request(monkeypatch):
+def test_bf16_warns_only_without_native_support(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
-    with pytest.warns(RuntimeWarning, match="no native bf16 matmul.*use 'float32'"):
+    with pytest.warns(MiniGPTWarning, match="no native bf16 matmul.*use 'float32'"):
         assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
     monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
     with warnings.catch_warnings():
