@@ -77,6 +77,15 @@ def native_bf16(device: torch.device) -> bool:
     return True
 
 
+def peak_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype whose matmul peak MFU is measured against for a run in ``dtype``: ``dtype`` itself, or
+    float32 where that half precision has no native kernels (float16 off CUDA, bf16 without
+    ``native_bf16``), since its fallback is far slower than float32 and would inflate MFU past 100%."""
+    slow_half = ((dtype == torch.float16 and device.type != "cuda")
+                 or (dtype == torch.bfloat16 and not native_bf16(device)))
+    return torch.float32 if slow_half else dtype
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed-precision context for the forward pass; a no-op for float32."""
     if dtype == torch.float32:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .config import GPTConfig, LoopConfig, TrainConfig
 from .data import RandomWindows, load_meta, open_tokens
-from .device import autocast, keep_freed_host_memory, native_bf16, resolve_device, resolve_dtype, seed_everything
+from .device import autocast, keep_freed_host_memory, peak_dtype, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError
 from .model import GPT, set_dropout
 from .perf import flops_per_token, measure_matmul_peak
@@ -227,10 +227,7 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
 
     if device.type == "cpu":
         keep_freed_host_memory()  # each step reuses its activation memory instead of faulting it in anew
-    # MFU is measured against the fastest matmul the device has for this dtype; a bf16 without native
-    # kernels (an AVX2 CPU) falls back to code far slower than fp32, so fp32 is then the yardstick
-    slow_half = (dtype == torch.float16 and device.type != "cuda") or (dtype == torch.bfloat16 and not native_bf16(device))
-    peak = measure_matmul_peak(device, torch.float32 if slow_half else dtype, n=1024)
+    peak = measure_matmul_peak(device, peak_dtype(device, dtype), n=1024)
     metrics_path = out_dir / "metrics.jsonl"
     units_key = "tokens" if task.unit == "tok" else "examples"
     if ddp.master:

@@ -9,7 +9,7 @@ import torch
 import minigpt.device as device_module
 from minigpt import MiniGPTError, MiniGPTWarning, autocast, resolve_device, resolve_dtype, seed_everything
 from minigpt.cli import run_cli
-from minigpt.device import native_bf16
+from minigpt.device import native_bf16, peak_dtype
 
 
 def test_cpu_defaults_to_float32(monkeypatch):
@@ -30,6 +30,17 @@ def test_bf16_warns_only_without_native_support(monkeypatch):
         warnings.simplefilter("error")
         assert resolve_dtype(cpu, "bfloat16") == torch.bfloat16
         assert resolve_dtype(cpu, "float32") == torch.float32  # fp32 never asks
+
+
+def test_peak_dtype_falls_back_to_float32_without_native_kernels(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    assert peak_dtype(cpu, torch.bfloat16) == torch.float32
+    assert peak_dtype(cpu, torch.float16) == torch.float32
+    assert peak_dtype(cpu, torch.float32) == torch.float32
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    assert peak_dtype(cpu, torch.bfloat16) == torch.bfloat16
+    assert peak_dtype(gpu, torch.float16) == torch.float16  # no device is touched: only its type is read
 
 
 def test_cli_prints_minigpt_warnings_on_one_line(capsys):
