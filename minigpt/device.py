@@ -56,7 +56,7 @@ def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     if dtype == torch.bfloat16 and not native_bf16(device):
         if device.type == "cpu":
             why = ("this processor has no native bf16 matmul (ATen's oneDNN path needs AVX-512 or Arm bf16), so bf16 "
-                   "matmuls run far slower than float32 (16-25x measured on an AVX2-only CPU); use 'float32' here")
+                   "matmuls run far slower than float32 (18-34x measured on an AVX2-only CPU); use 'float32' here")
         else:
             why = "this GPU has no native bf16 support; use 'float16' or 'float32'"
         warnings.warn(f"dtype 'bfloat16' on {device.type}: {why}", MiniGPTWarning, stacklevel=2)
@@ -67,7 +67,8 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bfloat16 matmuls run on native kernels on ``device`` (so bf16 autocast can be faster than fp32).
 
     CUDA: the GPU supports bf16. CPU: ATen sends bf16 matmuls to oneDNN only when the processor has
-    AVX-512 (BW/VL/DQ) or Arm bf16; without them they fall back to a generic loop at ~1 GFLOP/s.
+    AVX-512 (BW/VL/DQ) or Arm bf16; without them they fall back to a generic loop (0.4 GFLOP/s measured
+    on a 2048² matmul of an AVX2-only CPU; see bench/bf16_speed.py for whole training steps).
     """
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
