@@ -118,8 +118,9 @@ def to_hf_config(config: GPTConfig) -> dict:
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
         "initializer_range": 0.02,
     }
-    if config.vocab_size == 50257:
-        hf_config.update(bos_token_id=50256, eos_token_id=50256)
+    # GPT-2's <|endoftext|> with its vocabulary; none otherwise (GPT2Config's default, 50256, would lie outside it)
+    eot = 50256 if config.vocab_size == 50257 else None
+    hf_config.update(bos_token_id=eot, eos_token_id=eot)
     return hf_config
 
 

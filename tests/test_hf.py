@@ -110,3 +110,13 @@ def test_missing_or_wrong_directories_are_clear_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(MiniGPTError, match="safetensors"):
         GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("vocab, eot", [(50257, 50256), (97, None)])
+def test_exported_config_names_end_of_text_only_for_the_gpt2_vocabulary(vocab, eot):
+    """GPT2Config's default bos/eos id (50256) would lie outside a character vocabulary."""
+    from minigpt.hf import to_hf_config
+
+    hf_config = to_hf_config(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    assert hf_config["bos_token_id"] == hf_config["eos_token_id"] == eot
+    assert transformers.GPT2Config(**hf_config).eos_token_id == eot
