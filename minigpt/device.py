@@ -108,10 +108,11 @@ def keep_freed_host_memory() -> bool:
     unmapped), so the next step page-faults its activations in afresh. For the baby Shakespeare model
     that is hundreds to a thousand faults per step, about 3% of its training time on the 2-core CPU
     measured in the README; for the GPT-2-vocabulary 6x384 model, whose logits and their gradients
-    free well over 1 GiB at once, it was 0.5-0.9 M faults and 15% of the step. Here blocks up to
-    1 GiB come from the heap instead of their own mappings, and the heap is never trimmed, so each
-    step reuses the memory of the one before; the process keeps its peak memory. Returns False (and
-    changes nothing) where glibc's ``mallopt`` is unavailable.
+    free well over 1 GiB at once, a 1 GiB trim threshold still left 0.4-0.7 M faults per step and
+    cost 17% of its time (bench/heap_reuse.py). Here blocks up to 1 GiB come from the heap instead of
+    their own mappings, and the heap is never trimmed, so each step reuses the memory of the one
+    before; the process keeps its peak memory. Returns False (and changes nothing) where glibc's
+    ``mallopt`` is unavailable.
     """
     if not sys.platform.startswith("linux"):
         return False
