@@ -38,20 +38,18 @@ def measure(setting: str, iters: int) -> dict:
 
     from minigpt import GPT, GPTConfig
     from minigpt.model import adamw, decay_groups
+    from train_speed import SHAPES, train_iteration  # bench/ is the script's folder, so on sys.path
 
+    shape = SHAPES[1]  # 6x384 T256 B8, GPT-2 vocabulary
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    model = GPT(GPTConfig(vocab_size=50257, block_size=shape.block_size, n_layer=shape.n_layer,
+                          n_head=shape.n_head, n_embd=shape.n_embd, **shape.options))
     optimizer = adamw(decay_groups(model.parameters(), 0.1), 1e-3, (0.9, 0.99), "cpu")
-    x = torch.randint(0, 50257, (8, 256))
-    y = torch.randint(0, 50257, (8, 256))
+    x = torch.randint(0, 50257, (shape.batch_size, shape.block_size))
+    y = torch.randint(0, 50257, (shape.batch_size, shape.block_size))
 
-    def iteration() -> None:
-        for _ in range(2):  # gradient accumulation over two micro-batches, as the config does
-            _, loss = model(x, y)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def iteration() -> None:  # gradient accumulation over two micro-batches, as the config does
+        train_iteration(model, optimizer, [(x, y), (x, y)], torch.float32)
 
     iteration()  # warm-up: the first touch of every buffer is a page fault under any setting
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

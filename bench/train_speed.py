@@ -110,6 +110,21 @@ class HFBaseline(torch.nn.Module):
         return logits, torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
+def train_iteration(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches, dtype: torch.dtype,
+                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """One optimizer step as the trainer takes it: forward (autocast to `dtype`) and backward for each
+    (x, y) micro-batch, gradient clipping in one batched pass, AdamW. `model` may be a compiled wrapper.
+    Returns the last micro-batch's loss."""
+    for x, y in micro_batches:
+        with autocast(device, dtype):
+            _, loss = model(x, y)
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 @dataclass
 class Result:
     tokens_per_s: float  # over all timed steps
@@ -144,13 +159,8 @@ def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compil
     tokens_per_step = shape.batch_size * shape.block_size
 
     def train_steps(batches) -> torch.Tensor:
-        for x, y in batches:
-            with autocast(device, dtype):
-                _, loss = step_model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)  # as the trainer does
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        for batch in batches:
+            loss = train_iteration(step_model, optimizer, [batch], dtype)
         return loss
 
     loss = train_steps(data[:warmup])

@@ -109,10 +109,10 @@ def keep_freed_host_memory() -> bool:
     that is hundreds to a thousand faults per step, about 3% of its training time on the 2-core CPU
     measured in the README; for the GPT-2-vocabulary 6x384 model, whose step allocates and frees
     several 411 MB tensors (logits, log-softmax, their gradients), a 1 GiB trim threshold still left
-    0.4-0.7 M faults per step and cost 17% of its time (bench/heap_reuse.py). Here blocks up to 1 GiB come from the heap instead of
-    their own mappings, and the heap is never trimmed, so each step reuses the memory of the one
-    before; the process keeps its peak memory. Returns False (and changes nothing) where glibc's
-    ``mallopt`` is unavailable.
+    0.4-0.7 M faults per step and cost 17% of its time (bench/heap_reuse.py). Here blocks up to 1 GiB
+    come from the heap instead of their own mappings, and the heap is never trimmed, so each step
+    reuses the memory of the one before; the process keeps its peak memory. Returns False (and
+    changes nothing) where glibc's ``mallopt`` is unavailable.
     """
     if not sys.platform.startswith("linux"):
         return False
