@@ -3,7 +3,7 @@
 import sys
 
 from minigpt.cli import run_cli
-from minigpt.sample import main
+from minigpt.cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -1,9 +1,9 @@
-"""Pretrain a GPT: python train.py configs/shakespeare_char.toml [--key=value ...]  (see --help)."""
+"""Pretrain a GPT or fine-tune a classifier: python train.py configs/shakespeare_char.toml [--key=value ...]  (see --help)."""
 
 import sys
 
 from minigpt.cli import run_cli
-from minigpt.trainer import main
+from minigpt.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -37,7 +37,7 @@ def measure(setting: str, iters: int) -> dict:
     import torch
 
     from minigpt import GPT, GPTConfig
-    from minigpt.model import adamw, decay_groups
+    from minigpt.model.model import adamw, decay_groups
     from train_speed import SHAPES, train_iteration  # bench/ is the script's folder, so on sys.path
 
     shape = SHAPES[1]  # 6x384 T256 B8, GPT-2 vocabulary

@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from minigpt.classify import calibrate_scores, few_shot_prompts, load_splits, score_label_words
-from minigpt.config import ClassifyConfig, build_config
+from minigpt.config_io import build_config
+from minigpt.infer.predict import calibrate_scores, few_shot_prompts, score_label_words
+from minigpt.loading import load_model
 from minigpt.metrics import classification_report
-from minigpt.sample import load_model
+from minigpt.train.classify import ClassifyConfig, load_splits
 
 CONTENT_FREE = ["N/A", "", "[MASK]"]
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from minigpt import GPT, GPTConfig
-from minigpt.generate import tokens_per_second
+from minigpt.infer.generate import tokens_per_second
 
 MODELS = {
     "6x384 (30M)": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=1024),

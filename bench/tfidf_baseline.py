@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from minigpt.classify import load_splits
-from minigpt.config import ClassifyConfig, build_config
+from minigpt.config_io import build_config
+from minigpt.train.classify import ClassifyConfig, load_splits
 from minigpt.metrics import classification_report, format_report
 
 

@@ -33,9 +33,9 @@ import torch
 
 from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer
 from minigpt.device import autocast, keep_freed_host_memory, native_bf16
-from minigpt.hf import to_hf_config, to_hf_state_dict
-from minigpt.model import adamw, decay_groups
-from minigpt.perf import flops_per_token, measure_matmul_peak
+from minigpt.interop.hf import to_hf_config, to_hf_state_dict
+from minigpt.model.model import adamw, decay_groups
+from minigpt.perf import measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / "data" / "tinyshakespeare" / "input.txt"
@@ -150,7 +150,7 @@ def run(shape: Shape, vocab: int, data, backend: str, dtype: torch.dtype, compil
     config = GPTConfig(vocab_size=vocab, block_size=shape.block_size, n_layer=shape.n_layer, n_head=shape.n_head,
                        n_embd=shape.n_embd, attn_backend=backend, **options)
     model = GPT(config)
-    per_token = flops_per_token(config, model.num_parameters(non_embedding=True))
+    per_token = model.flops_per_token()
     if baseline:
         model = HFBaseline(model)
     optimizer = adamw(decay_groups(model.parameters(), 0.1), 1e-3, (0.9, 0.99), "cpu")  # as GPT.configure_optimizer

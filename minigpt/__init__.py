@@ -1,19 +1,24 @@
-"""minigpt: a readable, tested GPT you can pretrain, fine-tune for classification, and sample from."""
+"""minigpt: a readable, tested GPT you can pretrain, fine-tune for classification, and sample from.
 
-from .config import GPTConfig
+The names below are the library's front door; ``docs/ARCHITECTURE.md`` maps the modules behind them.
+"""
+
+from .data.tokenizers import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
 from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError, MiniGPTWarning
-from .generate import generate, stream
-from .heads import ClassificationHead, LMHead
-from .layers import Block, CausalSelfAttention, KVCache, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
-from .model import GPT, GPTBackbone, GPTClassifier
-from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
+from .infer.generate import generate, stream
+from .interop.hf import load_hf, save_hf
+from .loading import load_classifier, load_model
+from .model.config import GPTConfig
+from .model.heads import ClassificationHead, LMHead
+from .model.layers import Block, CausalSelfAttention, KVCache, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
+from .model.model import GPT, GPTBackbone, GPTClassifier
 
 __all__ = [
     "GPT", "GPTBackbone", "GPTClassifier", "GPTConfig", "LMHead", "ClassificationHead", "Block",
-    "CausalSelfAttention", "KVCache", "MLP",
-    "SinusoidalPositionalEmbedding", "sinusoidal_table", "CharTokenizer", "GPT2Tokenizer",
-    "tokenizer_from_meta", "MiniGPTError", "MiniGPTWarning", "generate", "stream", "autocast", "resolve_device", "resolve_dtype",
-    "seed_everything",
+    "CausalSelfAttention", "KVCache", "MLP", "SinusoidalPositionalEmbedding", "sinusoidal_table",
+    "CharTokenizer", "GPT2Tokenizer", "tokenizer_from_meta", "MiniGPTError", "MiniGPTWarning",
+    "generate", "stream", "autocast", "resolve_device", "resolve_dtype", "seed_everything",
+    "load_model", "load_classifier", "load_hf", "save_hf",
 ]
 __version__ = "0.1.0"

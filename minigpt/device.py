@@ -17,6 +17,7 @@ import torch
 from .errors import MiniGPTError, MiniGPTWarning
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise MiniGPTError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from err
+        raise MiniGPTError(f"unknown device {name!r}; expected {DEVICE_HELP}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MiniGPTError(f"device {name!r} requested but CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -56,7 +57,7 @@ def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     if dtype == torch.bfloat16 and not native_bf16(device):
         if device.type == "cpu":
             why = ("this processor has no native bf16 matmul (ATen's oneDNN path needs AVX-512 or Arm bf16), so bf16 "
-                   "matmuls run far slower than float32 (18-34x measured on an AVX2-only CPU); use 'float32' here")
+                   "matmuls run many times slower than float32; use 'float32' here")
         else:
             why = "this GPU has no native bf16 support; use 'float16' or 'float32'"
         warnings.warn(f"dtype 'bfloat16' on {device.type}: {why}", MiniGPTWarning, stacklevel=2)
@@ -107,7 +108,7 @@ def keep_freed_host_memory() -> bool:
     By default every large CPU tensor freed at the end of a training step is returned (trimmed or
     unmapped), so the next step page-faults its activations in afresh. For the baby Shakespeare model
     that is hundreds to a thousand faults per step, about 3% of its training time on the 2-core CPU
-    measured in the README; for the GPT-2-vocabulary 6x384 model, whose step allocates and frees
+    measured in docs/RESULTS.md; for the GPT-2-vocabulary 6x384 model, whose step allocates and frees
     several 411 MB tensors (logits, log-softmax, their gradients), a 1 GiB trim threshold still left
     0.4-0.7 M faults per step and cost 17% of its time (bench/heap_reuse.py). Here blocks up to 1 GiB
     come from the heap instead of their own mappings, and the heap is never trimmed, so each step

@@ -1,20 +1,11 @@
-"""Throughput accounting: model FLOPs per token and the measured matmul peak of this machine."""
+"""Throughput accounting: the measured matmul peak of this machine, which MFU is a fraction of.
+(A model's FLOPs per token are ``GPT.flops_per_token``.)"""
 
 from __future__ import annotations
 
 import time
 
 import torch
-
-from .config import GPTConfig
-
-
-def flops_per_token(config: GPTConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls with the weights (forward 2N, backward 4N),
-    plus 12·L·H·Q·T for the attention scores and their weighted sum (PaLM paper, appendix B).
-    N excludes the position table (it is a lookup, not a matmul)."""
-    L, H, Q, T = config.n_layer, config.n_head, config.head_dim, config.block_size
-    return 6 * n_params + 12 * L * H * Q * T
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:

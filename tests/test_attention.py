@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from minigpt import GPT, GPTConfig
-from minigpt.layers import CausalSelfAttention
+from minigpt.model.layers import CausalSelfAttention
 
 ATOL = 1e-5
 

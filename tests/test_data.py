@@ -7,7 +7,8 @@ import torch
 
 from minigpt import GPT2Tokenizer, MiniGPTError
 from minigpt.checkpoint import load_checkpoint, save_checkpoint, write_json
-from minigpt.data import RandomWindows, _pieces, load_meta, open_tokens, prepare_corpus, split_documents, token_dtype
+from minigpt.data.corpus import _pieces, prepare_corpus, split_documents, token_dtype
+from minigpt.data.loader import RandomWindows, load_meta, open_tokens
 
 
 def write(path, text):
@@ -30,7 +31,7 @@ def test_char_prepare_round_trips_and_splits_on_a_line(tmp_path):
 
 def test_gpt2_prepare_equals_whole_text_encoding(tmp_path, monkeypatch):
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n  All:\nSpeak, speak.\n" * 300
-    monkeypatch.setattr("minigpt.data.CHUNK_CHARS", 1000)  # force many pieces
+    monkeypatch.setattr("minigpt.data.corpus.CHUNK_CHARS", 1000)  # force many pieces
     pieces = list(_pieces(text, 1000))
     assert len(pieces) > 10 and "".join(pieces) == text
     meta = prepare_corpus(write(tmp_path / "in.txt", text), tmp_path / "out", "gpt2", progress=False)
@@ -59,19 +60,20 @@ def test_token_dtype():
     assert token_dtype(65) == np.uint16 and token_dtype(50257) == np.uint16 and token_dtype(70000) == np.uint32
 
 
-def test_random_windows_are_shifted_and_repeatable():
+def test_random_windows_are_shifted_and_a_function_of_the_seed():
     tokens = np.arange(1000, dtype=np.uint16)
-    a = RandomWindows(tokens, 16, 4, torch.device("cpu"), seed=3)
-    x, y = a.next_batch()
+    windows = RandomWindows(tokens, 16, torch.device("cpu"))
+    x, y = windows.batch(4, seed=3)
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.long
     assert torch.equal(y, x + 1)
-    state = a.state_dict()
-    x2, _ = a.next_batch()
-    b = RandomWindows(tokens, 16, 4, torch.device("cpu"), seed=99)
-    b.load_state_dict(state)
-    assert torch.equal(b.next_batch()[0], x2)
+    # the same seed draws the same windows (a resumed run redraws its batches), another seed others
+    again = RandomWindows(tokens, 16, torch.device("cpu")).batch(4, seed=3)
+    assert torch.equal(again[0], x) and not torch.equal(windows.batch(4, seed=4)[0], x)
+    # the starts are torch.randint's draws from a generator seeded with the batch seed
+    starts = torch.randint(1000 - 16 - 1, (4,), generator=torch.Generator().manual_seed(3))
+    assert x[:, 0].tolist() == starts.tolist()
     with pytest.raises(MiniGPTError, match="fewer than block_size"):
-        RandomWindows(tokens[:10], 16, 4, torch.device("cpu"), seed=0)
+        RandomWindows(tokens[:10], 16, torch.device("cpu"))
 
 
 def run_prepare(*args):
@@ -129,9 +131,9 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
 def test_training_texts_of_a_classification_config_become_a_corpus(tmp_path):
     """--texts_of: the config's training split, one document per text; val and test texts stay out.
     --char_unknown: the vocabulary gets a stand-in that later reads characters the corpus lacks."""
-    from minigpt.classify import load_splits
-    from minigpt.config import ClassifyConfig, build_config
-    from minigpt.tokenizer import tokenizer_from_meta
+    from minigpt.config_io import build_config
+    from minigpt.data.tokenizers import tokenizer_from_meta
+    from minigpt.train.classify import ClassifyConfig, load_splits
 
     rows = [f"{'pos' if i % 3 else 'neg'}\treview {i} {'好' if i % 2 else '坏'}" for i in range(60)]
     write(tmp_path / "reviews.tsv", "\n".join(rows) + "\n")

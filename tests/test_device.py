@@ -64,10 +64,11 @@ def test_native_bf16_on_x86_cpu_needs_avx512():
     assert native_bf16(torch.device("cpu")) == torch.cpu._is_avx512_supported()
 
 
-def test_auto_device_is_available():
-    device = resolve_device("auto")
-    if not torch.cuda.is_available():
-        assert device.type in ("cpu", "mps")
+def test_auto_device_prefers_cuda_then_mps_then_cpu():
+    expected = ("cuda" if torch.cuda.is_available()
+                else "mps" if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+                else "cpu")
+    assert resolve_device("auto").type == expected
 
 
 def test_bad_device_and_dtype_are_clear_errors():

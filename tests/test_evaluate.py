@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig, MiniGPTError
-from minigpt.evaluate import perplexity
+from minigpt.infer.perplexity import perplexity
 
 
 def model():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig, MiniGPTError
-from minigpt.generate import (apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
+from minigpt.infer.generate import (apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
                               generate)
 
 
@@ -184,3 +184,53 @@ def test_bad_arguments(kw, match):
         generate(model(), PROMPTS, **args)
     with pytest.raises(MiniGPTError, match="at least one token"):
         generate(model(), [[1], []], 3)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_cached_forward_without_a_mask_equals_the_uncached_one(backend, pos):
+    """Prefill, then several tokens at once, then one: no attention mask at any point."""
+    m = model(backend, pos, block=32)
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    full, _ = m(idx)  # (B, 12, V)
+    cache = m.backbone.new_kv_cache(2)
+    pieces = [m(idx[:, :5], kv_cache=cache)[0], m(idx[:, 5:11], kv_cache=cache)[0], m(idx[:, 11:], kv_cache=cache)[0]]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
+def window_lengths(prompt_len: int, steps: int, block: int) -> list[int]:
+    """How many tokens the KV cache holds when each new token is chosen, by the policy the module
+    docstring states: fill with the last block_size tokens, then add one per step; when full,
+    refill from the last block_size // 2 tokens."""
+    lengths, held = [], None
+    for step in range(steps):
+        context = prompt_len + step
+        if held is None:
+            held = min(context, block)
+        elif held + 1 > block:
+            held = block // 2
+        else:
+            held += 1
+        lengths.append(held)
+    return lengths
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+def test_logits_after_a_cache_refill_equal_a_full_forward_over_the_cached_window(backend):
+    block, steps = 16, 40  # 2.5 x block_size new tokens: several refills
+    m = model(backend, block=block)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 8, 15, 16]]
+    logged = []
+    out = generate(m, prompts, steps, do_sample=False, step_logits=logged)
+    lengths = window_lengths(len(prompts[0]), steps, block)  # the batch is left-padded to the longest prompt
+    assert sum(later < earlier for earlier, later in zip(lengths, lengths[1:])) >= 2  # refills happened
+    for row, (prompt, new) in enumerate(zip(prompts, out)):
+        assert len(new) == steps
+        seq = prompt + new
+        for step, held in enumerate(lengths):
+            context = seq[: len(prompt) + step]  # the row's real tokens before this step's choice
+            window = context[-held:]  # the cache holds the last `held` positions; left padding is no token
+            logits, _ = m(torch.tensor([window]))
+            torch.testing.assert_close(logged[step][row], logits[0, -1], atol=1e-4, rtol=0,
+                                       msg=f"row {row}, step {step}, window {len(window)}")

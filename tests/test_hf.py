@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from minigpt import GPT, GPTConfig, MiniGPTError
-from minigpt.hf import from_hf_state_dict, to_hf_state_dict
+from minigpt import GPT, GPTConfig, MiniGPTError, load_hf, save_hf
+from minigpt.interop.hf import from_hf_state_dict, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,17 +63,17 @@ def test_export_round_trips_exactly(tie):
 def test_save_pretrained_directories_both_ways(tmp_path, tie):
     hf = hf_model(tie, seed=2)
     hf.save_pretrained(tmp_path / "hf")
-    ours = GPT.from_pretrained(tmp_path / "hf").eval()
+    ours = load_hf(tmp_path / "hf").eval()
     idx = torch.randint(0, 97, (2, 17))
     with torch.no_grad():
         logits, _ = ours(idx)
     torch.testing.assert_close(logits, hf_logits(hf, idx), atol=1e-4, rtol=0)
 
-    ours.save_pretrained(tmp_path / "ours")
+    save_hf(ours, tmp_path / "ours")
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
     for key, value in hf.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
-    reloaded = GPT.from_pretrained(tmp_path / "ours")
+    reloaded = load_hf(tmp_path / "ours")
     for (k1, v1), (k2, v2) in zip(ours.state_dict().items(), reloaded.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2), k1
 
@@ -82,7 +82,7 @@ def test_legacy_pytorch_model_bin(tmp_path):
     hf = hf_model(seed=3)
     hf.config.save_pretrained(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    ours = GPT.from_pretrained(tmp_path).eval()
+    ours = load_hf(tmp_path).eval()
     idx = torch.randint(0, 97, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx)[0], hf_logits(hf, idx), atol=1e-4, rtol=0)
@@ -92,7 +92,7 @@ def test_legacy_pytorch_model_bin(tmp_path):
 def test_export_of_non_gpt2_variants_computes_the_same_function(tmp_path, kw):
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, **kw)).eval()
-    ours.save_pretrained(tmp_path)
+    save_hf(ours, tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 50, (2, 16))
     with torch.no_grad():
@@ -101,21 +101,21 @@ def test_export_of_non_gpt2_variants_computes_the_same_function(tmp_path, kw):
 
 def test_missing_or_wrong_directories_are_clear_errors(tmp_path):
     with pytest.raises(MiniGPTError, match="not a directory"):
-        GPT.from_pretrained(tmp_path / "nope")
+        load_hf(tmp_path / "nope")
     with pytest.raises(MiniGPTError, match="config.json"):
-        GPT.from_pretrained(tmp_path)
+        load_hf(tmp_path)
     hf_model().config.save_pretrained(tmp_path)
     with pytest.raises(MiniGPTError, match="model.safetensors"):
-        GPT.from_pretrained(tmp_path)
+        load_hf(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(MiniGPTError, match="safetensors"):
-        GPT.from_pretrained(tmp_path)
+        load_hf(tmp_path)
 
 
 @pytest.mark.parametrize("vocab, eot", [(50257, 50256), (97, None)])
 def test_exported_config_names_end_of_text_only_for_the_gpt2_vocabulary(vocab, eot):
     """GPT2Config's default bos/eos id (50256) would lie outside a character vocabulary."""
-    from minigpt.hf import to_hf_config
+    from minigpt.interop.hf import to_hf_config
 
     hf_config = to_hf_config(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=8))
     assert hf_config["bos_token_id"] == hf_config["eos_token_id"] == eot

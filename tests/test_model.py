@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig, MiniGPTError, sinusoidal_table
-from minigpt.layers import SinusoidalPositionalEmbedding
+from minigpt.model.layers import SinusoidalPositionalEmbedding
 
 
 def tiny(**kw) -> GPTConfig:

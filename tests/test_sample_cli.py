@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer
+from minigpt import GPT, GPTConfig, GPT2Tokenizer, CharTokenizer, save_hf
 from minigpt.checkpoint import save_checkpoint
-from minigpt.tokenizer import StreamDecoder
+from minigpt.data.tokenizers import StreamDecoder
+from minigpt.infer.generate import TextStream
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def checkpoints(tmp_path_factory):
     m = GPT(GPTConfig(vocab_size=char.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
     save_checkpoint(root / "char" / "ckpt_best.safetensors", m, {"model_config": m.config.to_dict(), "tokenizer": char.to_meta()})
     g = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16))
-    g.save_pretrained(root / "hf")
+    save_hf(g, root / "hf")
     return root
 
 
@@ -82,3 +83,33 @@ def test_missing_or_wrong_checkpoint_dirs(tmp_path):
     assert out.returncode == 2 and "checkpoint not found" in out.stderr
     out = run("--ckpt", str(tmp_path), "--prompt", "a")
     assert out.returncode == 2 and "no minigpt checkpoint" in out.stderr
+
+
+def test_text_stream_holds_back_a_possible_stop_string_and_cuts_before_it():
+    tok = CharTokenizer.from_text("abcdefXYZ")
+    text = "abcXYdefXYZabc"
+    stream = TextStream(tok, ["XYZ", "fX"])
+    shown = ""
+    for token in tok.encode(text):
+        shown += stream.feed(token)
+        assert "XYZ" not in shown and "fX" not in shown  # never printed, not even in part at the end
+    shown += stream.flush()
+    assert shown == "abcXYde"  # "fX" comes first
+    plain = TextStream(tok)
+    assert "".join(plain.feed(t) for t in tok.encode(text)) + plain.flush() == text
+
+
+def test_streamed_and_batch_output_cut_the_stop_string_alike(checkpoints):
+    free = run("--ckpt", str(checkpoints / "char"), "--prompt", "abc", "--max_new_tokens", "40", "--no-stream",
+               "--temperature", "1.0", "--no_eos_stop")
+    assert free.returncode == 0, free.stderr
+    generated = free.stdout[len("abc"):].rstrip("\n")
+    stop = generated[10:12]
+    expected = "abc" + generated[: generated.index(stop)]
+    outputs = []
+    for mode in ("--stream", "--no-stream"):
+        out = run("--ckpt", str(checkpoints / "char"), "--prompt", "abc", "--max_new_tokens", "40", mode,
+                  "--temperature", "1.0", "--stop", stop)
+        assert out.returncode == 0, out.stderr
+        outputs.append(out.stdout)
+    assert outputs[0] == outputs[1] == expected + "\n"

@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from minigpt import CharTokenizer, GPT2Tokenizer, MiniGPTError, tokenizer_from_meta
-from minigpt.tokenizer import bundled_gpt2_files, load_gpt2_ranks
+from minigpt.data.tokenizers import bundled_gpt2_files, load_gpt2_ranks
 
 SAMPLES = [
     "Hello world",

@@ -1,5 +1,6 @@
 """Pretraining end to end on tiny shapes: exact resume, crash safety, DDP, errors, schedule."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,10 +14,13 @@ import pytest
 import torch
 
 from minigpt.checkpoint import load_checkpoint
-from minigpt.config import TrainConfig, build_config
-from minigpt.data import prepare_corpus
+from minigpt.config_io import build_config
+from minigpt.data.corpus import prepare_corpus
 from minigpt.errors import MiniGPTError
-from minigpt.trainer import BEST, LAST, NonFiniteLoss, learning_rate, train
+from minigpt.checkpoint import BEST, LAST
+from minigpt.train import config_class
+from minigpt.train.loop import NonFiniteLoss, learning_rate
+from minigpt.train.pretrain import PretrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
@@ -30,11 +34,11 @@ def char_data(tmp_path_factory) -> Path:
     return root / "char"
 
 
-def tiny_cfg(data_dir, out_dir, **kw) -> TrainConfig:
+def tiny_cfg(data_dir, out_dir, **kw) -> PretrainConfig:
     base = dict(data_dir=str(data_dir), out_dir=str(out_dir), n_layer=2, n_head=2, n_embd=32, block_size=32,
                 batch_size=4, max_iters=20, lr_decay_iters=20, warmup_iters=4, eval_interval=10, eval_iters=2,
                 log_interval=5, dropout=0.1, progress=False, plot=False, device="cpu", learning_rate=3e-3)
-    return TrainConfig(**{**base, **kw})
+    return PretrainConfig(**{**base, **kw})
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -92,14 +96,14 @@ def test_init_from_with_another_tokenizer_is_an_error(char_data, tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, lr_decay_iters=110)
+    cfg = PretrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, lr_decay_iters=110)
     assert learning_rate(0, cfg) == pytest.approx(1 / 11)
     assert learning_rate(9, cfg) == pytest.approx(10 / 11)
     assert learning_rate(10, cfg) == pytest.approx(1.0)
     assert learning_rate(60, cfg) == pytest.approx(0.55)  # half way down the cosine
     assert learning_rate(110, cfg) == pytest.approx(0.1)
     assert learning_rate(500, cfg) == pytest.approx(0.1)
-    flat = TrainConfig(learning_rate=0.3, decay_lr=False)
+    flat = PretrainConfig(learning_rate=0.3, decay_lr=False)
     assert learning_rate(0, flat) == learning_rate(1000, flat) == 0.3
 
 
@@ -212,16 +216,16 @@ def test_toml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('n_layer = "six"\n')
     with pytest.raises(ValueError, match=r"bad.toml: n_layer expects int"):
-        build_config(TrainConfig, str(bad), [])
+        build_config(PretrainConfig, str(bad), [])
     bad.write_text("learning_rat = 1e-3\n")
     with pytest.raises(ValueError, match=r"bad.toml: unknown key 'learning_rat'; did you mean 'learning_rate'"):
-        build_config(TrainConfig, str(bad), [])
+        build_config(PretrainConfig, str(bad), [])
     bad.write_text("n_layer = \n")
     with pytest.raises(ValueError, match="not valid TOML"):
-        build_config(TrainConfig, str(bad), [])
+        build_config(PretrainConfig, str(bad), [])
     good = tmp_path / "good.toml"
     good.write_text("n_layer = 3\nlearning_rate = 1\ncompile = false\n")
-    cfg = build_config(TrainConfig, str(good), ["--n_layer=5", "--resume"])
+    cfg = build_config(PretrainConfig, str(good), ["--n_layer=5", "--resume"])
     assert (cfg.n_layer, cfg.learning_rate, cfg.resume) == (5, 1.0, True)
 
 
@@ -229,14 +233,75 @@ def test_help_lists_every_key():
     proc = run_train(["--help"])
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
-    for key in TrainConfig.__dataclass_fields__:
+    for key in PretrainConfig.__dataclass_fields__:
         assert f"--{key}=" in out
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     """Each file in configs/ builds under the schema of its task: no misspelt key, no wrong type."""
-    from minigpt.config import config_class
-
     cfg = build_config(config_class(str(path)), str(path), [])
     assert cfg.out_dir.startswith("out-")  # results land in a git-ignored folder
+
+
+def backends_and_dropouts(model: torch.nn.Module) -> set[tuple[str, float]]:
+    from minigpt.model.layers import CausalSelfAttention
+
+    return {(m.backend, m.dropout) for m in model.modules() if isinstance(m, CausalSelfAttention)}
+
+
+def test_init_from_honours_the_configs_run_time_choices(char_data, tmp_path):
+    """attn_backend and dropout are run-time choices: init_from takes the weights, not them."""
+    from minigpt.train.pretrain import continued_model
+    from minigpt.data.loader import load_meta
+
+    train(tiny_cfg(char_data, tmp_path / "a", max_iters=2, lr_decay_iters=2, eval_interval=2))
+    cfg = tiny_cfg(char_data, tmp_path / "b", init_from=str(tmp_path / "a"), attn_backend="manual", dropout=0.25)
+    model = continued_model(cfg, load_meta(char_data), torch.device("cpu"))
+    assert backends_and_dropouts(model) == {("manual", 0.25)}
+    assert model.config.attn_backend == "manual" and model.config.dropout == 0.25
+    train(dataclasses.replace(cfg, max_iters=4, lr_decay_iters=4, eval_interval=2))
+    saved = load_checkpoint(tmp_path / "b" / LAST).meta["model_config"]
+    assert (saved["attn_backend"], saved["dropout"]) == ("manual", 0.25)
+
+
+def test_a_hugging_face_folder_takes_the_run_time_choices(tmp_path):
+    from minigpt import GPT, GPTConfig, save_hf
+    from minigpt.loading import load_model
+    from minigpt.train.classify import ClassifyConfig, load_backbone
+
+    save_hf(GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)), tmp_path / "hf")
+    model, _ = load_model(tmp_path / "hf", attn_backend="manual", dropout=0.1)
+    assert backends_and_dropouts(model) == {("manual", 0.1)}
+    (tmp_path / "d.csv").write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    cfg = ClassifyConfig(train_file=str(tmp_path / "d.csv"), init_from=str(tmp_path / "hf"), attn_backend="manual",
+                         dropout=0.2)
+    backbone, _, _ = load_backbone(cfg, [], torch.device("cpu"))
+    assert backends_and_dropouts(backbone) == {("manual", 0.2)} and backbone.config.attn_backend == "manual"
+
+
+def test_resume_may_change_the_attention_backend_but_not_the_architecture(char_data, tmp_path):
+    straight = train(tiny_cfg(char_data, tmp_path / "a", dropout=0.0))
+    train(tiny_cfg(char_data, tmp_path / "b", max_iters=10, dropout=0.0))
+    resumed = train(tiny_cfg(char_data, tmp_path / "b", resume=True, attn_backend="manual", dropout=0.0))
+    assert resumed["iter_num"] == 20
+    assert load_checkpoint(tmp_path / "b" / LAST).meta["model_config"]["attn_backend"] == "manual"
+    a, b = weights(tmp_path / "a" / LAST), weights(tmp_path / "b" / LAST)
+    for key in a:  # the two backends compute the same function up to float rounding
+        assert (a[key] - b[key]).abs().max().item() <= 1e-4, key
+    with pytest.raises(MiniGPTError, match=r"architecture differs.*n_layer: 2 != 3"):
+        train(tiny_cfg(char_data, tmp_path / "b", resume=True, max_iters=30, n_layer=3))
+
+
+def test_layer_norm_eps_is_settable_from_toml(tmp_path):
+    from minigpt.config_io import config_help
+
+    (tmp_path / "c.toml").write_text("layer_norm_eps = 1e-6\nn_layer = 1\n", encoding="utf-8")
+    cfg = build_config(PretrainConfig, tmp_path / "c.toml", [])
+    from minigpt import GPT
+
+    model = GPT(cfg.model_config(vocab_size=10))
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert eps == {1e-6}
+    assert build_config(PretrainConfig, None, ["--layer_norm_eps=1e-3"]).model_config(10).layer_norm_eps == 1e-3
+    assert "--layer_norm_eps=1e-05" in config_help(PretrainConfig)

@@ -21,8 +21,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import MiniGPTError
-from .model import GPT
+from ..data.padding import pad
+from ..data.tokenizers import StreamDecoder, Tokenizer
+from ..errors import MiniGPTError
+from ..model.model import GPT
 
 # ----------------------------------------------------------------------------- logit processors
 
@@ -83,17 +85,49 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
 # ----------------------------------------------------------------------------- batching
 
 
-def left_pad(prompts: Sequence[Sequence[int]], device: torch.device, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists of different lengths -> ids (B, P) and attention mask (B, P), padded on the left."""
+def left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> ids (B, P) and attention mask (B, P), padded on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise MiniGPTError("every prompt needs at least one token")
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, P - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[row, P - len(p):] = 1
+    ids, mask = pad(prompts, side="left")
     return ids.to(device), mask.to(device)
+
+
+class TextStream:
+    """One sample's tokens -> the text to show, piece by piece, ending just before the first stop string.
+
+    Two things are held back until they are settled: a character whose bytes are split across
+    byte-level BPE tokens (see ``StreamDecoder``), and a tail that could be the start of a stop
+    string. So text streamed to a terminal and text printed at the end are the same.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()):
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = [s for s in stop_strings if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1  # a stop string can start this far back
+        self.text = ""  # everything decoded so far
+        self.shown = 0  # characters of it handed out
+        self.stopped = False
+
+    def feed(self, token: int) -> str:
+        self.text += self.decoder.feed(token)
+        return self._release(final=False)
+
+    def flush(self) -> str:
+        self.text += self.decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if self.stopped:
+            return ""
+        found = [self.text.find(s, self.shown) for s in self.stops]
+        found = [i for i in found if i >= 0]
+        if found:
+            self.stopped, end = True, min(found)
+        else:
+            end = len(self.text) if final else max(self.shown, len(self.text) - self.hold)
+        piece, self.shown = self.text[self.shown:end], end
+        return piece
 
 
 # ----------------------------------------------------------------------------- generation

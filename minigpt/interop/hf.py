@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_tensors, read_json, save_tensors, write_json
-from .config import GPTConfig
-from .errors import MiniGPTError
-from .model import GPT
+from ..checkpoint import load_tensors, read_json, save_tensors, write_json
+from ..errors import MiniGPTError
+from ..model.config import GPTConfig
+from ..model.model import GPT
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
@@ -53,10 +53,10 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     raise MiniGPTError(f"{path} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **overrides) -> GPT:
+def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **runtime) -> GPT:
     """Build a ``GPT`` from a GPT-2 config dict and its state dict (as ``GPT2LMHeadModel`` or
-    ``GPT2Model`` name them). ``overrides`` set GPTConfig fields such as ``dropout``."""
-    config = GPTConfig(**{**_config_from_hf(hf_config, source), **overrides})
+    ``GPT2Model`` name them). ``runtime`` sets run-time choices: ``dropout``, ``attn_backend``."""
+    config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
     model = GPT(config)
     state = {}
     for key, tensor in hf_state.items():
@@ -75,13 +75,15 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
     return model
 
 
-def load_hf_gpt2(path: str | Path, **overrides) -> GPT:
-    """Build a minigpt ``GPT`` from a Hugging Face GPT-2 directory. See ``GPT.from_pretrained``."""
+def load_hf(path: str | Path, **runtime) -> GPT:
+    """A minigpt ``GPT`` from a local Hugging Face GPT-2 directory (config.json + model.safetensors,
+    sharded safetensors or pytorch_model.bin); nothing is downloaded. ``runtime`` sets ``dropout`` or
+    ``attn_backend``."""
     path = Path(path)
     if not path.is_dir():
         raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face GPT-2 checkpoint directory)")
     hf_config = read_json(path / "config.json")
-    return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **overrides)
+    return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **runtime)
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -124,7 +126,7 @@ def to_hf_config(config: GPTConfig) -> dict:
     return hf_config
 
 
-def save_hf_gpt2(model: GPT, path: str | Path) -> None:
+def save_hf(model: GPT, path: str | Path) -> None:
     """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` reads."""
     path = Path(path)
     save_tensors(path / "model.safetensors", to_hf_state_dict(model))

@@ -1,28 +1,26 @@
-"""Corpus preparation (text -> token memmaps) and random-window batch sampling for pretraining.
+"""Corpus preparation: text -> token files for pretraining.
 
 ``prepare_corpus`` turns a UTF-8 text file, or a folder of them, into ``train.bin`` / ``val.bin``
 (flat arrays of token ids, uint16 when the vocabulary fits, else uint32) and ``meta.json``.
 A single file is split at the 90% mark (on a line boundary); a folder is split by document, so no
 book is cut in two and the validation set is text the model never saw in part.
 
-Run ``python -m minigpt.data --help`` for the command line.
+The command line is ``python -m minigpt.data`` (``minigpt/cli/data.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_path, read_json, write_json
-from .errors import MiniGPTError
-from .tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_from_meta
+from ..checkpoint import atomic_path, read_json, write_json
+from ..errors import MiniGPTError
+from .tokenizers import CharTokenizer, build_tokenizer, tokenizer_from_meta
 
 CHUNK_CHARS = 1 << 20  # tokenise in ~1 MB pieces so a progress bar can move
 
@@ -150,15 +148,10 @@ def prepare_corpus(
     if docs is None:
         docs = read_documents(input_path)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
-    if tokenizer == "char":
-        if char_vocab_from is not None:
-            tok = tokenizer_from_meta(read_json(char_vocab_from)["tokenizer"])
-        else:
-            tok = CharTokenizer.from_text("".join(t for _, t in docs), unknown=char_unknown)
-    elif tokenizer == "gpt2":
-        tok = GPT2Tokenizer()
+    if tokenizer == "char" and char_vocab_from is not None:
+        tok = tokenizer_from_meta(read_json(char_vocab_from)["tokenizer"])
     else:
-        raise MiniGPTError(f"unknown tokenizer {tokenizer!r}; expected 'char' or 'gpt2'")
+        tok = build_tokenizer(tokenizer, "".join(t for _, t in docs) if tokenizer == "char" else "", char_unknown)
 
     train_ids = encode_documents(tok, train_docs, "train", progress)
     val_ids = encode_documents(tok, val_docs, "val", progress)
@@ -183,102 +176,3 @@ def prepare_corpus(
     }
     write_json(out / "meta.json", meta)
     return meta
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def load_meta(data_dir: str | Path) -> dict:
-    data_dir = Path(data_dir)
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise MiniGPTError(
-            f"{data_dir}: no meta.json; prepare the data first: python -m minigpt.data --input TEXT --out {data_dir}"
-        )
-    meta = read_json(meta_path)
-    for key in ("tokenizer", "vocab_size", "dtype"):
-        if key not in meta:
-            raise MiniGPTError(f"{meta_path}: missing key {key!r}")
-    return meta
-
-
-def open_tokens(data_dir: str | Path, split: str, meta: dict) -> np.memmap:
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.is_file():
-        raise MiniGPTError(f"{path} not found; prepare the data first (python -m minigpt.data --help)")
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
-
-
-class RandomWindows:
-    """Random (x, y) windows of ``block_size`` tokens from a token file; y is x shifted by one.
-
-    The windows come from a private, seeded ``torch.Generator``, whose state is saved in checkpoints
-    so a resumed run draws exactly the batches it would have drawn.
-    """
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device, seed: int):
-        if len(tokens) <= block_size + 1:
-            raise MiniGPTError(
-                f"split has {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}; "
-                f"use a smaller block_size or more text"
-            )
-        self.tokens, self.block_size, self.batch_size, self.device = tokens, block_size, batch_size, device
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        T = self.block_size
-        starts = torch.randint(len(self.tokens) - T - 1, (self.batch_size,), generator=self.generator).tolist()
-        window = np.stack([self.tokens[s: s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
-        batch = torch.from_numpy(window)
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
-        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
-
-    def state_dict(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def load_state_dict(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m minigpt.data",
-        description="Tokenise a UTF-8 text file or a folder of .txt files into train.bin, val.bin and meta.json.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="a text file, or a folder of .txt files (split by document)")
-    source.add_argument("--texts_of", metavar="CONFIG",
-                        help="the training texts (labels dropped, one document each) of a classification config: "
-                             "in-domain text for continued pretraining (python train.py ... --init_from=...)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tokenizer", default="char", choices=["char", "gpt2"], help="default: char")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
-    parser.add_argument("--char_vocab_from", help="meta.json whose character vocabulary to reuse")
-    parser.add_argument("--seed", type=int, default=0, help="order in which documents are drawn for val")
-    parser.add_argument("--char_unknown", metavar="CHAR",
-                        help="char tokenizer: add this character (e.g. U+FFFD, $'\\ufffd' in bash) to stand for "
-                             "any character outside the vocabulary when the model later reads other text")
-    args = parser.parse_args(argv)
-    if args.char_unknown is not None and (len(args.char_unknown) != 1 or args.tokenizer != "char"):
-        parser.error("--char_unknown takes one character, with --tokenizer char")
-    docs = None
-    if args.texts_of:
-        from .classify import training_documents  # classification data reading lives there
-
-        docs = training_documents(args.texts_of)
-    meta = prepare_corpus(args.input or f"{args.texts_of} (training texts)", args.out, args.tokenizer,
-                          args.val_fraction, args.char_vocab_from, args.seed, char_unknown=args.char_unknown, docs=docs)
-    print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-          f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), stored as {meta['dtype']}")
-    return 0
-
-
-if __name__ == "__main__":
-    from .cli import run_cli
-
-    sys.exit(run_cli(main))

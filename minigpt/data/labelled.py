@@ -1,5 +1,5 @@
-"""Labelled text for classification: CSV/TSV/JSONL readers, label maps, stratified splits, and
-padded batches with attention masks."""
+"""Labelled text for classification: CSV/TSV/JSONL readers, label maps, stratified splits, class
+weights, and ``EncodedTexts`` (token ids and label ids of a split, batched with right padding)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from typing import Sequence
 
 import torch
 
-from .errors import MiniGPTError
+from ..errors import MiniGPTError
+from .padding import pad, truncate
+from .tokenizers import Tokenizer
+
+FORMATS = ("auto", "csv", "tsv", "jsonl")  # auto: from the file extension
 
 
 @dataclass
@@ -113,7 +117,7 @@ def read_labelled(
             get = lambda i: row[i] if i < len(row) else None
             add(line_no, get(t_col), get(l_col))
     else:
-        raise MiniGPTError(f"unknown format {fmt!r}; expected csv, tsv or jsonl")
+        raise MiniGPTError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if not data.texts:
         raise MiniGPTError(f"{path}: no usable rows")
     return data
@@ -171,19 +175,20 @@ def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor([n / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)])
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], max_length: int, truncate: str = "head", pad_id: int = 0,
-              side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> ids (B, T) and attention mask (B, T). Longer sequences are cut to max_length,
-    keeping the head (first tokens) or the tail (last tokens)."""
-    if truncate not in ("head", "tail"):
-        raise MiniGPTError(f"truncate must be 'head' or 'tail', got {truncate!r}")
-    cut = [list(s[:max_length]) if truncate == "head" else list(s[-max_length:]) for s in sequences]
-    T = max(1, max(len(s) for s in cut))
-    ids = torch.full((len(cut), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(cut), T), dtype=torch.long)
-    for row, s in enumerate(cut):
-        if not s:
-            continue
-        span = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
-        ids[row, span], mask[row, span] = torch.tensor(s), 1
-    return ids, mask
+class EncodedTexts:
+    """Token ids and label ids of a split, batched on demand with right padding."""
+
+    def __init__(self, data: LabelledText, tok: Tokenizer, names: Sequence[str], max_length: int, keep: str = "head"):
+        encode = getattr(tok, "encode_batch", None)
+        self.ids = encode(data.texts) if encode else [tok.encode(t) for t in data.texts]
+        self.labels = torch.tensor([list(names).index(label) for label in data.labels])
+        self.max_length, self.keep = max_length, keep
+        self.n_truncated = sum(len(x) > max_length for x in self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids (B, T), attention mask (B, T), label ids (B,)) of these examples, on ``device``."""
+        ids, mask = pad(truncate([self.ids[i] for i in indices], self.max_length, self.keep))
+        return ids.to(device), mask.to(device), self.labels[list(indices)].to(device)

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .errors import MiniGPTError
+from ..errors import MiniGPTError
 
 
 class LoRALinear(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_tensors, read_safetensors_metadata, save_tensors
+from ..errors import MiniGPTError
 from .config import GPTConfig
-from .heads import LMHead
+from .heads import ClassificationHead, LMHead
 from .layers import Block, KVCache, positional_embedding
 
 
@@ -177,22 +180,12 @@ class GPT(nn.Module):
         """AdamW over ``param_groups`` (see ``adamw``)."""
         return adamw(self.param_groups(weight_decay), learning_rate, betas, device_type)
 
-    # --------------------------------------------------------------------------- Hugging Face interop
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "GPT":
-        """Load a local Hugging Face GPT-2 directory (config.json + model.safetensors or
-        pytorch_model.bin). Nothing is downloaded. ``overrides`` set GPTConfig fields such as
-        ``dropout`` or ``attn_backend``."""
-        from .hf import load_hf_gpt2
-
-        return load_hf_gpt2(path, **overrides)
-
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write this model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
-        from .hf import save_hf_gpt2
-
-        save_hf_gpt2(self, path)
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N for the matmuls with the weights (forward 2N, backward 4N), plus
+        12·L·H·D·T for the attention scores and their weighted sum (PaLM paper, appendix B), with
+        N = ``num_parameters(non_embedding=True)`` (a lookup table is not a matmul)."""
+        c = self.config
+        return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
 
 
 class GPTClassifier(nn.Module):
@@ -228,6 +221,14 @@ class GPTClassifier(nn.Module):
             raise KeyError(f"no head named {name!r}; have {list(self.heads)}")
         self.active = name
 
+    def remove_head(self, name: str) -> None:
+        """Drop a head that is not the active one."""
+        if name not in self.heads:
+            raise KeyError(f"no head named {name!r}; have {list(self.heads)}")
+        if name == self.active:
+            raise MiniGPTError(f"head {name!r} is the active one; use_head another before removing it")
+        del self.heads[name]
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -244,38 +245,17 @@ class GPTClassifier(nn.Module):
 
     def save_head(self, path: str | Path, name: str | None = None, extra: dict | None = None) -> None:
         """Write one head (default: the active one) as safetensors, with what rebuilds it."""
-        import json
-
-        from .checkpoint import save_tensors
-
         head = self.heads[name or self.active]
-        meta = {"head": head.describe(), **(extra or {})}
+        meta = {"head": head.spec(), **(extra or {})}
         save_tensors(path, dict(head.state_dict()), metadata={"minigpt_head": json.dumps(meta)})
 
     def load_head(self, path: str | Path, name: str = "default", use: bool = True) -> dict:
         """Add the head saved at ``path`` under ``name``; returns the saved metadata."""
-        from .checkpoint import read_safetensors_metadata, load_tensors
-        from .errors import MiniGPTError
-        from .heads import ClassificationHead
-
         meta = read_safetensors_metadata(path, "minigpt_head")
-        spec = dict(meta["head"])
-        n_embd = spec.pop("n_embd")
-        if n_embd != self.backbone.config.n_embd:
-            raise MiniGPTError(f"{path}: head expects {n_embd} channels, backbone has {self.backbone.config.n_embd}")
-        head = ClassificationHead(n_embd, **spec)
+        head = ClassificationHead.from_spec(meta.get("head", {}), source=str(path))
+        if head.spec()["n_embd"] != self.backbone.config.n_embd:
+            raise MiniGPTError(f"{path}: head expects {head.spec()['n_embd']} channels, "
+                               f"backbone has {self.backbone.config.n_embd}")
         head.load_state_dict(load_tensors(path))
         self.add_head(name, head.to(self.backbone.wte.weight.device), use)
         return meta
-
-
-def set_dropout(module: torch.nn.Module, p: float) -> None:
-    """Set every dropout rate in ``module`` (fine-tuning or continued pretraining often wants a
-    different one than the checkpoint was trained with), and in its config, which checkpoints save."""
-    for m in module.modules():
-        if isinstance(getattr(m, "config", None), GPTConfig):
-            m.config.dropout = p
-        if isinstance(m, torch.nn.Dropout):
-            m.p = p
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):  # the attention's own SDPA dropout
-            m.dropout = p

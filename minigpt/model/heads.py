@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import MiniGPTError
+from ..errors import MiniGPTError
 
 POOLINGS = ("last", "mean", "first")
 
@@ -73,7 +73,16 @@ class ClassificationHead(nn.Module):
         pooled = pool(hidden, attention_mask, self.pooling)  # (B, C)
         return self.out(self.dropout(self.proj(pooled)))  # (B, n_classes)
 
-    def describe(self) -> dict:
-        """What is needed to build this head again (saved beside its weights)."""
-        return {"n_classes": self.n_classes, "pooling": self.pooling, "hidden": self.hidden,
-                "dropout": self.dropout.p, "n_embd": self.out.in_features if not self.hidden else self.proj[0].in_features}
+    def spec(self) -> dict:
+        """What builds this head again (stored beside its weights): see ``from_spec``."""
+        first = self.proj[0] if self.hidden else self.out
+        return {"n_embd": first.in_features, "n_classes": self.n_classes, "pooling": self.pooling,
+                "hidden": self.hidden, "dropout": self.dropout.p}
+
+    @classmethod
+    def from_spec(cls, spec: dict, source: str = "head") -> "ClassificationHead":
+        """An untrained head shaped as ``spec()`` described it (its weights are loaded afterwards)."""
+        try:
+            return cls(spec["n_embd"], spec["n_classes"], spec["pooling"], spec["hidden"], spec["dropout"])
+        except (KeyError, TypeError) as err:
+            raise MiniGPTError(f"{source}: the head description {spec!r} is incomplete ({err})") from None

@@ -8,15 +8,19 @@ tokenizer later.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from .errors import MiniGPTError
+import tiktoken
+
+from ..errors import MiniGPTError
 
 EOT_TEXT = "<|endoftext|>"
+TOKENIZER_KINDS = ("char", "gpt2")  # what corpus preparation and a classifier from scratch can build
 
 # GPT-2's pre-tokenisation regex: contractions, letter runs, number runs, punctuation runs and
 # whitespace, each optionally led by one space (from the GPT-2 release, as tiktoken's "gpt2").
@@ -85,9 +89,7 @@ def load_gpt2_ranks(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _gpt2_encoding(encoder_json: str, vocab_bpe: str):
-    import tiktoken
-
+def _gpt2_encoding(encoder_json: str, vocab_bpe: str) -> tiktoken.Encoding:
     ranks = load_gpt2_ranks(Path(encoder_json), Path(vocab_bpe))
     return tiktoken.Encoding(
         name="minigpt-gpt2",
@@ -195,6 +197,15 @@ class CharTokenizer:
         return meta
 
 
+def build_tokenizer(kind: str, text: str = "", unknown: str | None = None) -> GPT2Tokenizer | CharTokenizer:
+    """A new tokenizer of ``kind``: GPT-2 BPE, or characters with the vocabulary of ``text`` (plus ``unknown``)."""
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "char":
+        return CharTokenizer.from_text(text, unknown)
+    raise MiniGPTError(f"unknown tokenizer {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}")
+
+
 def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
     """Rebuild a tokenizer from what ``to_meta()`` stored."""
     kind = meta.get("kind")
@@ -204,7 +215,7 @@ def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
         if "chars" not in meta:
             raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
         return CharTokenizer(meta["chars"], meta.get("unknown"))
-    raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected 'gpt2' or 'char'")
+    raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}")
 
 
 class StreamDecoder:
@@ -216,8 +227,6 @@ class StreamDecoder:
     """
 
     def __init__(self, tokenizer: Tokenizer):
-        import codecs
-
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 

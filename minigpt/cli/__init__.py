@@ -1,0 +1,75 @@
+"""The command-line tools: each module's ``main(argv) -> exit code`` parses, calls the library and prints.
+
+``run_cli`` is what every entry point wraps ``main`` in: a user's mistake (``MiniGPTError``) becomes one
+``error:`` line and exit code 2, minigpt's warnings one ``warning:`` line each, and the library's
+progress lines (the ``minigpt`` logger) are printed without disturbing a progress bar. ``--debug``
+shows tracebacks and warnings in Python's own format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from tqdm import tqdm
+
+from ..errors import MiniGPTError, MiniGPTWarning
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one ``error:`` line like every other user error."""
+
+    def error(self, message: str):
+        raise MiniGPTError(f"{self.prog}: {message} (see --help)")
+
+
+class _Console(logging.Handler):
+    """minigpt's log lines as plain text: information on stdout, warnings on stderr, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(record.getMessage(), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+
+
+@contextmanager
+def console(debug: bool = False) -> Iterator[None]:
+    """Print the ``minigpt`` logger and minigpt's warnings as one line each while a command runs."""
+    logger = logging.getLogger("minigpt")
+    handler, level, propagate = _Console(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MiniGPTWarning) and not debug:
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default_show
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    with console(debug):
+        try:
+            return main(argv)
+        except MiniGPTError as err:
+            if debug:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2

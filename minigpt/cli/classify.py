@@ -1,0 +1,51 @@
+"""``python -m minigpt.classify --ckpt OUT TEXT ...``: label and class probabilities from a fine-tuned classifier."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from ..device import DEVICE_HELP, resolve_device
+from ..errors import MiniGPTError
+from ..infer.predict import classify_texts
+from ..loading import load_classifier
+from . import ArgumentParser
+
+
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m minigpt.classify",
+                       description="Classify texts with a fine-tuned checkpoint: label and class probabilities.")
+    p.add_argument("texts", nargs="*", help="texts to classify (or --file, or standard input: one text per line)")
+    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir")
+    p.add_argument("--file", help="a text file with one text per line")
+    p.add_argument("--out", help="write a CSV (text, label, one probability column per class) instead of printing")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    model, tok, meta = load_classifier(args.ckpt, device)
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise MiniGPTError(f"file not found: {path}")
+        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts and not sys.stdin.isatty():
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise MiniGPTError("no text to classify: give texts as arguments, --file, or standard input")
+    labels, probs = classify_texts(model, tok, texts, meta, device)
+    names = meta["labels"]
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label", *[f"p_{n}" for n in names]])
+            for text, label, row in zip(texts, labels, probs.tolist()):
+                writer.writerow([text, label, *[f"{x:.6f}" for x in row]])
+        print(f"wrote {len(texts)} predictions to {args.out}")
+        return 0
+    for text, label, row in zip(texts, labels, probs.tolist()):
+        shown = ", ".join(f"{n} {x:.3f}" for n, x in zip(names, row))
+        print(f"{label}\t({shown})\t{text[:80]}")
+    return 0

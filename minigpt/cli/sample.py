@@ -1,0 +1,109 @@
+"""``python sample.py --ckpt OUT --prompt "..."``: generate text from a checkpoint or a Hugging Face folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..device import DEVICE_HELP, DTYPES, autocast, resolve_device, resolve_dtype
+from ..errors import MiniGPTError
+from ..infer.generate import TextStream, check_sampling_args, stream
+from ..loading import load_model
+from ..model.config import ATTENTION_BACKENDS
+from . import ArgumentParser
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise MiniGPTError(f"prompt file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return "\n"
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python sample.py",
+        description="Generate text from a minigpt checkpoint (file or training out_dir) or a Hugging Face GPT-2 folder. "
+                    "The prompt comes from --prompt, --prompt_file, or standard input.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face GPT-2 folder")
+    p.add_argument("--prompt", help="text to continue (default: standard input if piped, else a newline)")
+    p.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
+    p.add_argument("--num_samples", type=int, default=1, help="independent samples, generated as one batch")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set with this mass, in (0, 1]")
+    p.add_argument("--min_p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    p.add_argument("--repetition_penalty", type=float, default=None, help="CTRL-style penalty for seen tokens (e.g. 1.2)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--stop", action="append", default=[], help="stop a sample when this text appears (repeatable)")
+    p.add_argument("--no_eos_stop", action="store_true", help="do not stop at the end-of-text token")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="print tokens as they come (default: on when writing to a terminal, one sample only)")
+    p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checking)")
+    p.add_argument("--attn_backend", choices=ATTENTION_BACKENDS, default=None,
+                   help="attention backend (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--verbose", action="store_true", help="print tokens/s at the end")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    if args.num_samples < 1:
+        raise MiniGPTError(f"--num_samples must be at least 1, got {args.num_samples}")
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(device, args.dtype)
+    model, tok = load_model(args.ckpt, device, attn_backend=args.attn_backend)
+    prompt = read_prompt(args)
+    ids = tok.encode(prompt)
+    if not ids:
+        raise MiniGPTError("the prompt encodes to zero tokens; give at least one character")
+    stop_ids = [] if args.no_eos_stop or tok.eot_token is None else [tok.eot_token]
+    live = args.stream if args.stream is not None else (sys.stdout.isatty() and args.num_samples == 1)
+
+    texts = [TextStream(tok, args.stop) for _ in range(args.num_samples)]  # each cut before its stop string
+    pieces: list[list[str]] = [[] for _ in range(args.num_samples)]
+    start, n_tokens = time.perf_counter(), 0
+    if live:
+        sys.stdout.write(prompt)
+    with autocast(device, dtype):
+        for next_ids, done in stream(
+            model, [ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
+            stop_token_ids=stop_ids, stop_strings=args.stop, decode=tok.decode, seed=args.seed, use_cache=not args.no_cache,
+        ):
+            for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
+                if row_done or token in stop_ids:
+                    continue
+                n_tokens += 1
+                pieces[row].append(texts[row].feed(token))
+                if live:
+                    sys.stdout.write(pieces[row][-1])
+                    sys.stdout.flush()
+    elapsed = time.perf_counter() - start
+    for row in range(args.num_samples):
+        pieces[row].append(texts[row].flush())
+    if live:
+        print(pieces[0][-1])
+    else:
+        for row in range(args.num_samples):
+            if row:
+                print("\n" + "-" * 40)
+            print(prompt + "".join(pieces[row]))
+    if args.verbose:
+        print(f"[{n_tokens} tokens in {elapsed:.2f}s: {n_tokens / elapsed:.1f} tokens/s]", file=sys.stderr)
+    return 0

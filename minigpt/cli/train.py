@@ -1,0 +1,51 @@
+"""``python train.py CONFIG.toml [--key=value ...]``: pretrain a GPT or fine-tune a classifier."""
+
+from __future__ import annotations
+
+import sys
+
+from ..config_io import build_config, config_help
+from ..train import ClassifyConfig, PretrainConfig, config_class, run
+from ..train.loop import Distributed, Interrupted
+
+USAGE = """usage: python train.py CONFIG.toml [--key=value ...] [--resume] [--debug]
+       torchrun --nproc_per_node=N train.py CONFIG.toml [...]
+
+Pretrain a GPT on data prepared by `python -m minigpt.data` (task = "pretrain"), or fine-tune a
+text classifier on a CSV/TSV/JSONL file (task = "classify"). Settings come from the TOML file
+(flat `key = value` lines), then from --key=value overrides; a bare --flag sets a boolean to true.
+An unknown key or a value of the wrong type is an error.
+
+Writes OUT_DIR/ckpt_last.safetensors (every eval_interval steps and on Ctrl-C),
+OUT_DIR/ckpt_best.safetensors (best val metric), OUT_DIR/metrics.jsonl and OUT_DIR/loss.png;
+classification adds OUT_DIR/report.json, report.txt and confusion.png.
+"""
+
+
+def main(argv: list[str]) -> int:
+    if not argv or "--help" in argv or "-h" in argv:
+        print(USAGE + "\npretraining keys (task = \"pretrain\"):\n" + config_help(PretrainConfig)
+              + "\n\nclassification keys (task = \"classify\"; the model keys apply to init_from = \"scratch\"):\n"
+              + config_help(ClassifyConfig, skip=PretrainConfig))
+        return 0
+    toml_path, overrides = (argv[0], argv[1:]) if not argv[0].startswith("-") else (None, argv)
+    cfg = build_config(config_class(toml_path, overrides), toml_path, overrides)
+    try:
+        summary = run(cfg)
+    except Interrupted as stop:
+        if Distributed.from_env().master:
+            print(f"\ninterrupted: saved {stop.checkpoint} at iteration {stop.iter_num}; continue with --resume",
+                  file=sys.stderr)
+        return 130
+    if not Distributed.from_env().master:
+        return 0
+    if summary.get("loss_png"):
+        print(f"loss curve: {summary['loss_png']}")
+    if isinstance(cfg, ClassifyConfig) and "report_text" in summary:
+        print(f"\n{summary['report_text']}")
+        if summary.get("confusion_png"):
+            print(f"confusion matrix: {summary['confusion_png']}")
+    elif "val_loss" in summary:
+        print(f"done: {summary['iter_num']} iterations, val loss {summary['val_loss']:.4f} "
+              f"(best {summary['best_val_loss']:.4f}), checkpoints in {summary['out_dir']}")
+    return 0

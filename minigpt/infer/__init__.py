@@ -1,0 +1,1 @@
+"""Running a trained model: generation (KV cache, decoding controls, streaming), perplexity, class prediction."""

@@ -1,0 +1,77 @@
+"""Using a classifier, or a language model as one: class logits for a split, and label-word scoring.
+
+``predict_logits`` runs a fine-tuned ``GPTClassifier``. The zero/few-shot functions score label words
+under a plain language model (``bench/lm_baseline.py`` compares them with fine-tuning).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.labelled import EncodedTexts, LabelledText
+from ..data.tokenizers import Tokenizer
+from ..model.model import GPT
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, data: EncodedTexts, n_classes: int, device: torch.device,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Class logits (N, K) for a whole split, in order. ``model`` is a ``GPTClassifier`` (or one
+    wrapped by ``torch.compile`` / DDP) in eval mode."""
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))  # similar lengths share a batch
+    logits = torch.empty(len(data), n_classes)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        ids, mask, _ = data.batch(chunk, device)
+        logits[chunk] = model(ids, mask)[0].float().cpu()
+    return logits
+
+
+@torch.no_grad()
+def score_label_words(model: GPT, tok: Tokenizer, prompts: list[str], label_words: list[str], device: torch.device) -> torch.Tensor:
+    """log P(label word | prompt) under a language model, for every prompt and label: (N, K).
+
+    Each label word is scored as the sum of its tokens' log-probabilities after the prompt (with a
+    leading space, as a word follows "Label:"). Prompts are cut from the left to fit the block.
+    """
+    block = model.config.block_size
+    word_ids = [tok.encode(" " + w) for w in label_words]
+    scores = torch.empty(len(prompts), len(label_words))
+    for n, prompt in enumerate(prompts):
+        context = tok.encode(prompt)
+        for k, ids in enumerate(word_ids):
+            seq = (context + ids)[-block:]
+            x = torch.tensor([seq[:-1]], device=device)
+            log_probs = F.log_softmax(model(x)[0][0].float(), dim=-1)  # (T, V)
+            targets = seq[-len(ids):]
+            positions = range(len(seq) - 1 - len(ids), len(seq) - 1)
+            scores[n, k] = sum(log_probs[p, t].item() for p, t in zip(positions, targets))
+    return scores
+
+
+def calibrate_scores(scores: torch.Tensor, content_free_scores: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration (Zhao et al., 2021, "Calibrate Before Use"): a small LM tends to prefer
+    one label word whatever the text; divide that prior out. ``scores`` (N, K) and
+    ``content_free_scores`` (M, K) are label-word log-probabilities, the latter for M content-free
+    texts ("N/A", "") in the same prompt. Returns log P(label | text) - mean log P(label | content-free),
+    each row renormalised over the K labels first."""
+    prior = content_free_scores.log_softmax(-1).mean(0)  # (K,)
+    return scores.log_softmax(-1) - prior  # (N, K)
+
+
+def few_shot_prompts(texts: list[str], examples: list[tuple[str, str]], instruction: str = "") -> list[str]:
+    """"Message: ...\\nLabel: ..." blocks for the k examples, then the text to classify."""
+    shots = "".join(f"Message: {t}\nLabel: {w}\n\n" for t, w in examples)
+    return [f"{instruction}{shots}Message: {t}\nLabel:" for t in texts]
+
+
+def classify_texts(model: torch.nn.Module, tok: Tokenizer, texts: list[str], meta: dict,
+                   device: torch.device) -> tuple[list[str], torch.Tensor]:
+    """(predicted label, class probabilities (N, K)) of each text, under a classifier checkpoint's ``meta``
+    (its class names, max_length and truncation side)."""
+    names = meta["labels"]
+    data = LabelledText(texts, [names[0]] * len(texts), "input", list(range(1, len(texts) + 1)))  # labels unused
+    probs = F.softmax(predict_logits(model, EncodedTexts(data, tok, names, meta["max_length"], meta["truncate"]),
+                                     len(names), device), dim=-1)  # (N, K)
+    return [names[i] for i in probs.argmax(dim=-1).tolist()], probs

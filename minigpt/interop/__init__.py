@@ -1,0 +1,1 @@
+"""Other libraries' checkpoint formats in and out (Hugging Face folders)."""

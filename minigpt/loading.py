@@ -1,0 +1,73 @@
+"""A path -> a language model, a classifier, and the tokenizer it reads with: the one place that
+turns what training (or Hugging Face) wrote back into modules.
+
+A path is a training out_dir (its best checkpoint, else its last), a checkpoint file, or a Hugging
+Face GPT-2 folder (config.json + weights; it reads with the GPT-2 tokenizer). Run-time choices
+(``dropout``, ``attn_backend``) come from the caller, not from the file: see ``GPTConfig.with_runtime``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from .data.tokenizers import GPT2Tokenizer, Tokenizer, tokenizer_from_meta
+from .errors import MiniGPTError
+from .interop.hf import load_hf
+from .model.config import GPTConfig
+from .model.heads import ClassificationHead
+from .model.lora import apply_lora, merge_lora
+from .model.model import GPT, GPTBackbone, GPTClassifier
+
+
+def _open(path: str | Path) -> Checkpoint | Path:
+    """The checkpoint at ``path`` (a file, or an out_dir's best/last), or the path of a Hugging Face folder."""
+    path = Path(path)
+    if not path.exists():
+        raise MiniGPTError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        found = find_checkpoint(path)
+        if found is None:
+            if (path / "config.json").is_file():
+                return path
+            raise MiniGPTError(f"{path} holds no minigpt checkpoint (ckpt_*.safetensors) nor a Hugging Face config.json")
+        path = found
+    return load_checkpoint(path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPT, Tokenizer]:
+    """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
+    found = _open(path)
+    if isinstance(found, Path):
+        return load_hf(found, **runtime).to(device).eval(), GPT2Tokenizer()
+    if found.meta.get("task") == "classify":
+        raise MiniGPTError(f"{found.path} is a classifier checkpoint, not a language model; "
+                           f"predict with it: python -m minigpt.classify --ckpt {path} TEXT")
+    model = GPT(GPTConfig.from_dict(found.meta["model_config"]).with_runtime(**runtime))
+    found.load_model(model)
+    return model.to(device).eval(), tokenizer_from_meta(found.meta["tokenizer"])
+
+
+def build_classifier(meta: dict, **runtime) -> GPTClassifier:
+    """An untrained classifier shaped as a checkpoint's ``meta`` describes (for loading its weights)."""
+    backbone = GPTBackbone(GPTConfig.from_dict(meta["model_config"]).with_runtime(**runtime))
+    model = GPTClassifier(backbone, ClassificationHead.from_spec(meta["head"]))
+    if meta.get("lora"):
+        apply_lora(backbone, tuple(meta["lora"]["targets"]), meta["lora"]["rank"], meta["lora"]["alpha"])
+    return model
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPTClassifier, Tokenizer, dict]:
+    """(classifier in eval mode with LoRA merged, tokenizer, meta) from a classification checkpoint or out_dir."""
+    found = _open(path)
+    if isinstance(found, Path):
+        raise MiniGPTError(f"{path} is a Hugging Face folder, not a minigpt classifier checkpoint")
+    if found.meta.get("task") != "classify":
+        raise MiniGPTError(f"{found.path} is a language-model checkpoint, not a classifier; "
+                           f"fine-tune one from it with a config that has task = \"classify\" and init_from = \"{path}\"")
+    model = build_classifier(found.meta, **runtime)
+    found.load_model(model)
+    merge_lora(model)
+    return model.to(device).eval(), tokenizer_from_meta(found.meta["tokenizer"]), found.meta

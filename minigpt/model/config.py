@@ -1,0 +1,98 @@
+"""``GPTConfig``: the shape of a decoder-only transformer, validated on construction.
+
+Each field is stated once here, with its help text and allowed values; the training configs derive
+their model keys from these fields. Two fields are run-time choices rather than architecture:
+``dropout`` and ``attn_backend`` (see ``RUNTIME_FIELDS``). They may differ between runs of the same
+weights (fine-tuning with more dropout, checking with the manual attention), so checkpoints are
+compared on ``architecture()`` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..config_io import check_choices, setting
+from ..errors import MiniGPTError
+
+ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
+ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation of GELU | the exact (erf) form
+POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal")  # a trained table (GPT-2) | fixed sinusoids (Vaswani et al. 2017)
+RUNTIME_FIELDS = ("dropout", "attn_backend")  # not architecture: may change between runs of the same weights
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of a decoder-only transformer.
+
+    The defaults are the GPT-2 124M shape (12 layers, 12 heads, 768 channels, 1024 positions,
+    the 50,257-token GPT-2 vocabulary, LM head tied to the token embedding).
+    """
+
+    vocab_size: int = setting(50257, "tokens in the vocabulary (set from the tokenizer)")
+    block_size: int = setting(1024, "context length in tokens")
+    n_layer: int = setting(12, "transformer blocks")
+    n_head: int = setting(12, "attention heads per block")
+    n_embd: int = setting(768, "channels of the residual stream")
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers (GPT-2 has them)")
+    pos_embedding: str = setting("learned", "positional embedding", POSITIONAL_EMBEDDINGS)
+    tie_weights: bool = setting(True, "the LM head shares its matrix with the token embedding")
+    layer_norm_eps: float = setting(1e-5, "epsilon of every LayerNorm")
+    activation: str = setting("gelu_tanh", "MLP activation: GPT-2's tanh GELU, or the exact one (faster on some CPUs)",
+                              ACTIVATIONS)
+    # run-time choices (RUNTIME_FIELDS)
+    dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches")
+    attn_backend: str = setting("sdpa", "attention: fused kernel, or the explicit softmax written out",
+                                ATTENTION_BACKENDS)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        """Raise ``MiniGPTError`` naming the first field whose value is not usable."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MiniGPTError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise MiniGPTError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by GPTConfig.n_head ({self.n_head})"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:  # also false for NaN
+            raise MiniGPTError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 < self.layer_norm_eps < 1:
+            raise MiniGPTError(f"GPTConfig.layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
+        check_choices(self, prefix="GPTConfig.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that fix the weights' shapes and meaning (everything but ``RUNTIME_FIELDS``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def with_runtime(self, **runtime: Any) -> "GPTConfig":
+        """A copy with other run-time choices (``dropout``, ``attn_backend``); ``None`` keeps a value."""
+        wrong = sorted(set(runtime) - set(RUNTIME_FIELDS))
+        if wrong:
+            raise MiniGPTError(f"{wrong} are architecture, not run-time choices ({', '.join(RUNTIME_FIELDS)})")
+        return dataclasses.replace(self, **{k: v for k, v in runtime.items() if v is not None})
+
+    def differences(self, other: "GPTConfig") -> list[str]:
+        """``"name: a != b"`` for each architecture field in which ``other`` differs."""
+        mine, theirs = self.architecture(), other.architecture()
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GPTConfig":
+        """Build a config from a plain dict; an unknown key is an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MiniGPTError(f"unknown GPTConfig key(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**values)

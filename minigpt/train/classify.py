@@ -1,0 +1,293 @@
+"""Fine-tuning a GPT backbone as a text classifier, as a ``Task`` of the shared loop.
+
+    python train.py configs/finetune_sms_spam.toml        # task = "classify": train, then report
+
+Training shares ``loop.fit`` with pretraining (progress bar, checkpoints, resume, early stopping,
+plots). At the end the best checkpoint (by the chosen val metric) is restored and evaluated on the
+test split: ``OUT/report.json``, ``OUT/report.txt`` and ``OUT/confusion.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import write_json
+from ..config_io import build_config, read_toml, setting
+from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
+                             read_labelled, stratified_split)
+from ..data.padding import TRUNCATIONS
+from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer
+from ..device import autocast, resolve_dtype, seed_everything
+from ..errors import MiniGPTError
+from ..infer.predict import predict_logits
+from ..loading import load_model
+from ..metrics import classification_report, format_report
+from ..model.heads import POOLINGS, ClassificationHead
+from ..model.lora import apply_lora
+from ..model.model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
+from .config import LoopConfig, ModelFields
+from .loop import Task, batch_seed, distributed, fit
+from .plots import plot_confusion
+
+STRATEGIES = ("full", "head", "last_n", "lora")  # what trains: everything | the head | the last blocks | LoRA adapters
+BALANCES = ("none", "downsample", "class_weights", "sampler")  # what to do about imbalanced classes
+METRICS = ("accuracy", "macro_f1", "loss")  # the val metric that picks the best checkpoint
+
+
+@dataclass
+class ClassifyConfig(LoopConfig, ModelFields):
+    """Fine-tuning a text classifier (``task = "classify"``); the model keys apply when training
+    from scratch (``init_from = "scratch"``), otherwise the backbone's own architecture is used
+    (with this config's run-time choices: dropout, attn_backend)."""
+
+    task: str = setting("classify", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
+    # data
+    train_file: str = setting("", "CSV/TSV/JSONL with a text and a label column (required)")
+    val_file: str = setting("", "validation file; empty: split it off train_file (see split)")
+    test_file: str = setting("", "test file; empty: split it off train_file when val_file is empty too")
+    format: str = setting("auto", "file format (auto: from the extension)", FORMATS)
+    header: bool = setting(True, "the first line names the columns (csv/tsv)")
+    text_column: str = setting("text", "column name (or 0-based index without a header) of the text")
+    label_column: str = setting("label", "column name (or 0-based index without a header) of the label")
+    labels: str = setting("", "comma-separated class names in id order (default: sorted labels of the data)")
+    skip_bad_rows: bool = setting(False, "skip rows with a missing text or label (counted) instead of failing")
+    split: str = setting("0.7,0.1,0.2", "train,val,test fractions for a stratified split of train_file")
+    split_seed: int = setting(123, "seed of the stratified split (and of downsampling)")
+    balance: str = setting("none", "downsample: every class to the smallest before splitting; class_weights: in the "
+                                   "loss; sampler: classes drawn equally often", BALANCES)
+    max_length: int = setting(0, "tokens per text after truncation (0: block_size)")
+    truncate: str = setting("head", "which end of a long text to keep", TRUNCATIONS)
+    # model
+    init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir, or a Hugging Face GPT-2 folder")
+    tokenizer: str = setting("gpt2", "for init_from=scratch (char: vocabulary from the training texts; other "
+                                     "characters read as U+FFFD)", TOKENIZER_KINDS)
+    pooling: str = setting("last", "which real tokens the head reads", POOLINGS)
+    head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)")
+    head_dropout: float = setting(0.0, "dropout before the head's output layer")
+    strategy: str = setting("full", "what trains (head: backbone frozen; last_n: last n_last blocks + final norm)",
+                            STRATEGIES)
+    n_last: int = setting(1, "blocks trained with strategy=last_n")
+    lora_rank: int = setting(8, "LoRA rank r")
+    lora_alpha: float = setting(16.0, "LoRA alpha (update scaled by alpha / r)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input")
+    lora_targets: str = setting("c_attn,attn.c_proj", "comma-separated layer names to wrap with LoRA")
+    head_lr_scale: float = setting(1.0, "the head learns at learning_rate x this")
+    # selection
+    epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set")
+    metric: str = setting("accuracy", "val metric for the best checkpoint and early stopping", METRICS)
+    patience: int = setting(0, "stop after this many evaluations without a better metric (0: off)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task != "classify":
+            raise MiniGPTError(f"ClassifyConfig is for task 'classify', got {self.task!r}")
+        self.model_config(vocab_size=1)
+        if not self.train_file:
+            raise MiniGPTError("train_file is required for task 'classify'")
+        fractions = self.split_fractions
+        if len(fractions) not in (2, 3) or abs(sum(fractions) - 1) > 1e-6:
+            raise MiniGPTError(f"split must be 2 or 3 fractions summing to 1, got {self.split!r}")
+        if self.patience < 0 or self.n_last < 1 or self.lora_rank < 1 or self.max_length < 0:
+            raise MiniGPTError("patience must be ≥ 0 and n_last, lora_rank ≥ 1, max_length ≥ 0")
+
+    @property
+    def split_fractions(self) -> list[float]:
+        try:
+            return [float(x) for x in self.split.split(",")]
+        except ValueError:
+            raise MiniGPTError(f"split must be comma-separated fractions, got {self.split!r}") from None
+
+    @property
+    def lora_target_names(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return [s.strip() for s in self.labels.split(",")] if self.labels else None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_splits(cfg: ClassifyConfig) -> tuple[LabelledText, LabelledText, LabelledText | None, list[str]]:
+    """(train, val, test or None, class names) as the config asks."""
+    def read(path: str) -> LabelledText:
+        return read_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header, cfg.skip_bad_rows)
+
+    data = read(cfg.train_file)
+    names = label_map(data.labels, cfg.class_names)
+    if cfg.balance == "downsample":
+        data = downsample(data, cfg.split_seed)
+    if cfg.val_file:
+        train, val = data, read(cfg.val_file)
+        test = read(cfg.test_file) if cfg.test_file else None
+    else:
+        parts = stratified_split(data.labels, cfg.split_fractions, cfg.split_seed)
+        train, val = data.subset(parts[0]), data.subset(parts[1])
+        test = data.subset(parts[2]) if len(parts) == 3 else (read(cfg.test_file) if cfg.test_file else None)
+    for part in (val, test):
+        if part is not None:
+            part.check_labels(names)
+    return train, val, test, names
+
+
+def training_documents(config_path: str) -> list[tuple[str, str]]:
+    """The training split of a classification config as (name, text) documents, labels dropped: the
+    in-domain unlabeled text for continued pretraining before fine-tuning on that same split (the
+    val and test texts stay unseen)."""
+    if read_toml(config_path).get("task") != "classify":
+        raise MiniGPTError(f'{config_path}: not a classification config (it has no task = "classify")')
+    train = load_splits(build_config(ClassifyConfig, config_path, []))[0]
+    return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)]
+
+
+def epoch_indices(n: int, batch_size: int, it: int, micro: int, micros_per_step: int, seed: int) -> list[int]:
+    """Indices of micro-batch ``micro`` of step ``it``: consecutive slices of a seeded permutation per
+    epoch, a pure function of the step (so resume is exact)."""
+    start = (it * micros_per_step + micro) * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        out.extend(perm[offset: offset + batch_size - len(out)])
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device) -> tuple[GPTBackbone, Tokenizer, str]:
+    """(backbone, tokenizer, description) from ``init_from``: scratch, a minigpt checkpoint, or HF GPT-2."""
+    if cfg.init_from == "scratch":
+        # characters the training texts lack (in val, test or later inputs) read as U+FFFD
+        tok = build_tokenizer(cfg.tokenizer, "".join(texts), unknown="\ufffd" if cfg.tokenizer == "char" else None)
+        gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
+        return gpt.backbone.to(device), tok, "randomly initialised"
+    gpt, tok = load_model(cfg.init_from, device, **cfg.runtime())
+    return gpt.backbone, tok, f"pretrained from {cfg.init_from}"
+
+
+def configure_trainable(model: GPTClassifier, cfg: ClassifyConfig) -> list[str]:
+    """Freeze per strategy (and wrap LoRA layers); returns the LoRA-wrapped layer names."""
+    backbone = model.backbone
+    if cfg.strategy == "full":
+        return []
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    if cfg.strategy == "last_n":
+        if cfg.n_last > len(backbone.h):
+            raise MiniGPTError(f"n_last={cfg.n_last} but the backbone has only {len(backbone.h)} blocks")
+        for module in [*backbone.h[-cfg.n_last:], backbone.ln_f]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    if cfg.strategy == "lora":
+        return apply_lora(backbone, tuple(cfg.lora_target_names), cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    return []
+
+
+def optimizer_for(model: GPTClassifier, cfg: ClassifyConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW: decay on ≥2-D weights; the head's groups run at head_lr_scale × the schedule."""
+    groups = [*decay_groups(model.backbone.parameters(), cfg.weight_decay, lr_scale=1.0),
+              *decay_groups(model.heads.parameters(), cfg.weight_decay, lr_scale=cfg.head_lr_scale)]
+    return adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def evaluate_split(model: torch.nn.Module, data: EncodedTexts, names: list[str], device: torch.device) -> dict:
+    """Loss and the classification report of ``model`` on one split."""
+    logits = predict_logits(model, data, len(names), device)
+    report = classification_report(data.labels.tolist(), logits.argmax(-1).tolist(), names)
+    report["loss"] = F.cross_entropy(logits, data.labels).item()
+    return report
+
+
+def finetune(cfg: ClassifyConfig) -> dict:
+    """Fine-tune as configured, restore the best checkpoint, evaluate on the test split, write reports.
+
+    The summary holds the loop's and ``report`` (the test report, as ``report.json``) and ``report_text``.
+    """
+    with distributed(cfg.device) as (ddp, device):
+        dtype = resolve_dtype(device, cfg.dtype)
+        seed_everything(cfg.seed)
+        train, val, test, names = load_splits(cfg)
+        backbone, tok, origin = load_backbone(cfg, train.texts, device)
+        max_length = cfg.max_length or backbone.config.block_size
+        if max_length > backbone.config.block_size:
+            raise MiniGPTError(f"max_length {max_length} exceeds the backbone's block_size {backbone.config.block_size}")
+        head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout)
+        model = GPTClassifier(backbone, head.to(device))
+        lora = configure_trainable(model, cfg)
+        train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))
+        test_enc = EncodedTexts(test, tok, names, max_length, cfg.truncate) if test is not None else None
+        if cfg.epochs > 0:  # a new config object; the one passed in is left as it was
+            steps = round(cfg.epochs * len(train_enc) / (cfg.batch_size * cfg.gradient_accumulation_steps))
+            cfg = dataclasses.replace(cfg, max_iters=max(1, steps))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        banner = (f"classifier: {len(names)} classes {names} | backbone {origin} | {cfg.strategy} fine-tuning, "
+                  f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained | "
+                  f"train {len(train_enc):,} / val {len(val_enc):,} / test {len(test_enc) if test_enc else 0:,} "
+                  f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
+        task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner)
+        summary = fit(task, cfg, ddp, device, dtype)
+        if not ddp.master:
+            return summary
+    final, split = (test_enc, "test") if test_enc is not None else (val_enc, "val")
+    model.eval()
+    with autocast(device, dtype):
+        report = evaluate_split(model, final, names, device)
+    report.update(split=split, n=len(final), best_iter=summary["iter_num"],
+                  **{k: summary[k] for k in ("best_score", "score_name")})
+    summary.update(test_accuracy=report["accuracy"], report=report, **write_reports(Path(cfg.out_dir), report, names, cfg))
+    return summary
+
+
+def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenizer, names: list[str],
+                        train: EncodedTexts, val: EncodedTexts, lora: list[str], device: torch.device,
+                        banner: str) -> Task:
+    """The loop's view of fine-tuning: batches (epochs or a class-balanced sampler), loss, val metrics."""
+    weights = class_weights(train.labels.tolist(), len(names)).to(device) if cfg.balance == "class_weights" else None
+    sampler_probs = class_weights(train.labels.tolist(), len(names))[train.labels] if cfg.balance == "sampler" else None
+    micros = cfg.gradient_accumulation_steps
+
+    def batch(it: int, micro: int):
+        if sampler_probs is not None:  # every class drawn equally often
+            gen = torch.Generator().manual_seed(batch_seed(cfg.seed, it, micro))
+            indices = torch.multinomial(sampler_probs, cfg.batch_size, replacement=True, generator=gen).tolist()
+        else:
+            indices = epoch_indices(len(train), cfg.batch_size, it, micro, micros, cfg.seed)
+        return train.batch(indices, device)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        report = evaluate_split(m, val, names, device)
+        return {"val_loss": report["loss"], "val_accuracy": report["accuracy"],
+                "val_macro_f1": report["macro avg"]["f1-score"]}
+
+    meta = {"task": "classify", "model_config": model.backbone.config.to_dict(), "tokenizer": tok.to_meta(),
+            "labels": names, "head": model.head.spec(), "max_length": train.max_length, "truncate": cfg.truncate,
+            "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
+    return Task(
+        model=model, optimizer=optimizer_for(model, cfg, device), batch=batch,
+        loss=lambda m, b: m(b[0], b[1], b[2], weights)[1], evaluate=evaluate,
+        score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
+        units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
+        banner=banner,
+    )
+
+
+def write_reports(out_dir: Path, report: dict, names: list[str], cfg: ClassifyConfig) -> dict:
+    """report.json, report.txt and (with plots on) confusion.png; returns their text and the plot's path."""
+    write_json(out_dir / "report.json", report)
+    text = (f"{report['split']} set ({report['n']:,} texts), best checkpoint by {report['score_name']}:\n"
+            f"{format_report(report, names)}")
+    (out_dir / "report.txt").write_text(text + "\n", encoding="utf-8")
+    png = None
+    if cfg.plot:
+        png = plot_confusion(report["confusion_matrix"], names, out_dir / "confusion.png", title=f"{report['split']} set")
+    return {"report_text": text, "confusion_png": png}

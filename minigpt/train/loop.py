@@ -1,0 +1,421 @@
+"""The training loop both tasks share: AdamW on a warmup + cosine schedule, gradient accumulation
+and clipping, mixed precision, optional torch.compile and DDP, periodic evaluation, atomic
+checkpoints (last and best), exact resume, SIGINT/SIGTERM, a progress bar, metrics.jsonl and a
+loss plot.
+
+A task (pretraining, classification) describes itself as a ``Task``: its model and optimizer, how to
+draw a batch for a step, its loss and its evaluation. ``fit`` does everything else. Under
+``torchrun`` the run is data-parallel (nccl on GPUs, gloo on CPUs); only rank 0 writes files.
+Progress lines go to the ``minigpt`` logger (the command-line tools print them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
+from ..device import autocast, keep_freed_host_memory, peak_dtype, resolve_device
+from ..errors import MiniGPTError
+from ..model.config import GPTConfig
+from ..perf import measure_matmul_peak
+from .config import LoopConfig
+from .plots import plot_losses
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(MiniGPTError):
+    """The loss became NaN or infinite; the last good checkpoint was left untouched."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``checkpoint`` was saved at iteration ``iter_num`` before stopping."""
+
+    def __init__(self, iter_num: int, checkpoint: Path):
+        super().__init__(f"interrupted at iteration {iter_num}; saved {checkpoint}")
+        self.iter_num, self.checkpoint = iter_num, checkpoint
+
+
+def learning_rate(it: int, cfg: LoopConfig) -> float:
+    """Linear warmup to learning_rate over warmup_iters, then cosine decay to min_lr by lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def batch_seed(seed: int, it: int, micro: int) -> int:
+    """Seed of the batch drawn for micro-batch ``micro`` of step ``it``. Data order is a function of
+    the step alone, so a resumed run draws the same windows; under DDP rank r takes micro-batches
+    r·accum ... r·accum + accum - 1, so N processes see exactly the batches of one process with N
+    times the accumulation."""
+    return (seed * 1_000_003 + it * 10_007 + micro) % (2**63)
+
+
+# ----------------------------------------------------------------------------- processes and signals
+
+
+@dataclass
+class Distributed:
+    """Where this process stands in a (possibly one-process) data-parallel run."""
+
+    enabled: bool
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        if int(os.environ.get("RANK", -1)) == -1:
+            return cls(enabled=False)
+        return cls(True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+@contextmanager
+def distributed(device_name: str) -> Iterator[tuple[Distributed, torch.device]]:
+    """This process's place in the run and its device; under torchrun, a process group for the duration."""
+    ddp = Distributed.from_env()
+    if not ddp.enabled:
+        yield ddp, resolve_device(device_name)
+        return
+    backend = "nccl" if torch.cuda.is_available() and device_name in ("auto", "cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        yield ddp, device
+    finally:
+        dist.destroy_process_group()
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so it can save first."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_requested(stop: StopSignal, ddp: Distributed, device: torch.device, at_boundary: bool) -> bool:
+    """Whether to save and stop now. Under DDP the ranks agree (at log boundaries only, to keep the
+    per-step path free of an extra collective), so they all stop at the same step."""
+    if not ddp.enabled:
+        return stop.received is not None
+    if not at_boundary:
+        return False
+    flag = torch.tensor(float(stop.received is not None), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Task:
+    """What one kind of training brings to the shared loop; ``fit`` does everything else."""
+
+    model: torch.nn.Module  # the plain model: what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int, int], tuple]  # (step, global micro-batch index) -> a batch on the device
+    loss: Callable[[torch.nn.Module, tuple], torch.Tensor]  # (model to call, batch) -> mean loss
+    evaluate: Callable[[torch.nn.Module], dict[str, float]]  # (model to call, in eval mode) -> metrics
+    score: str  # the metric that picks the best checkpoint (and drives early stopping)
+    higher_is_better: bool
+    meta: dict  # JSON kept in checkpoints: configs, tokenizer, labels
+    units_per_step: int  # tokens (pretraining) or examples (classification) per optimizer step
+    unit: str = "tok"
+    flops_per_step: float | None = None  # for MFU; None hides it
+    patience: int | None = None  # stop after this many evaluations without a better score
+    restore_best: bool = False  # end with the weights of the best evaluation (from ckpt_best)
+    banner: str = ""  # one line logged at the start
+
+
+def check_architecture(ckpt: Checkpoint, meta: dict) -> None:
+    """A resumed checkpoint must have the architecture the config asks for (run-time choices may differ)."""
+    if "model_config" not in meta:
+        return
+    wanted = GPTConfig.from_dict(meta["model_config"])
+    saved = ckpt.meta.get("model_config")
+    if saved is None:
+        raise MiniGPTError(f"{ckpt.path}: the checkpoint has no model_config to compare with the config")
+    differences = GPTConfig.from_dict(saved).differences(wanted)
+    if differences:
+        raise MiniGPTError(f"{ckpt.path}: the checkpoint's architecture differs from the config's "
+                           f"(checkpoint != config): {'; '.join(differences)}")
+
+
+class Run:
+    """The state of one training run of a ``Task``: counters, the wrapped model, the grad scaler.
+
+    ``fit`` drives it: ``restore`` (on resume), ``start``, then ``evaluate_and_checkpoint`` and
+    ``step`` until done, then ``finish``.
+    """
+
+    def __init__(self, task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dtype: torch.dtype):
+        if cfg.gradient_accumulation_steps % ddp.world_size:
+            raise MiniGPTError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
+                               f"by the number of processes ({ddp.world_size})")
+        self.task, self.cfg, self.ddp, self.device, self.dtype = task, cfg, ddp, device, dtype
+        self.accum = cfg.gradient_accumulation_steps // ddp.world_size  # micro-batches per process
+        self.out_dir = Path(cfg.out_dir)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.model = task.model  # what is called: compiled and DDP-wrapped by start()
+        self.iter_num, self.best, self.bad_evals = 0, None, 0
+        self.resumed_at: int | None = None  # no evaluation again at the step a resumed run starts from
+        self.last_metrics: dict[str, float] = {}
+        self.peak = float("nan")
+        self.bar: tqdm | None = None
+        self._window_start = (0, time.perf_counter())  # (iteration, time) the throughput is measured from
+
+    # --------------------------------------------------------------------------- before the first step
+
+    def restore(self) -> None:
+        """Continue from out_dir/ckpt_last: weights, optimizer moments, grad scaler, counters, RNG."""
+        ckpt = load_checkpoint(self.out_dir / LAST)
+        check_architecture(ckpt, self.task.meta)
+        ckpt.load_model(self.task.model)
+        if ckpt.optimizer_state() is not None and not self.cfg.eval_only:
+            self.task.optimizer.load_state_dict(ckpt.optimizer_state())
+        if ckpt.meta.get("scaler"):
+            self.scaler.load_state_dict(ckpt.meta["scaler"])
+        self.iter_num, self.best = ckpt.meta["iter_num"], ckpt.meta.get("best_score")
+        self.bad_evals = ckpt.meta.get("bad_evals", 0)
+        self.resumed_at = self.iter_num
+        if self.ddp.master:
+            set_rng_state(ckpt.rng, self.device)
+        else:  # only rank 0's dropout stream is stored; the others restart theirs deterministically
+            torch.manual_seed(batch_seed(self.cfg.seed + self.ddp.rank, self.iter_num, 0))
+
+    def start(self) -> None:
+        """Wrap the model (compile, DDP), measure the matmul peak for MFU, log the banner."""
+        if not self.cfg.resume and self.ddp.rank:
+            torch.manual_seed(self.cfg.seed + self.ddp.rank)  # distinct dropout masks per rank
+        self.task.model.train()  # a backbone loaded for fine-tuning arrives in eval mode (dropout off)
+        if self.cfg.compile:
+            self.model = torch.compile(self.model)
+        if self.ddp.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # each step reuses its activation memory instead of faulting it in anew
+        self.peak = measure_matmul_peak(self.device, peak_dtype(self.device, self.dtype), n=1024)
+        if self.ddp.master:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            processes = f", {self.ddp.world_size} processes" if self.ddp.enabled else ""
+            log.info(f"{self.task.banner} | {self.task.units_per_step:,} {self.task.unit}/step | {self.device}, "
+                     f"{str(self.dtype).removeprefix('torch.')}{processes}")
+        self.bar = tqdm(total=self.cfg.max_iters, initial=self.iter_num, desc="train", unit="step",
+                        dynamic_ncols=True, file=sys.stderr,
+                        disable=None if self.cfg.progress and self.ddp.master else True)  # None: only on a terminal
+
+    # --------------------------------------------------------------------------- evaluation and checkpoints
+
+    def due_for_evaluation(self) -> bool:
+        return (self.iter_num % self.cfg.eval_interval == 0 and self.iter_num != self.resumed_at
+                or self.iter_num == self.cfg.max_iters)
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's metrics, with the model in eval mode and gradients off."""
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            metrics = self.task.evaluate(self.model)
+        self.model.train()
+        return metrics
+
+    def evaluate_and_checkpoint(self) -> bool:
+        """Evaluate, log, save last (and best); True when patience has run out."""
+        self.last_metrics = self.evaluate()
+        score = self.last_metrics[self.task.score]
+        improved = self.best is None or (score > self.best if self.task.higher_is_better else score < self.best)
+        self.best, self.bad_evals = (score, 0) if improved else (self.best, self.bad_evals + 1)
+        self.log_record({"iter": self.iter_num, self.units_key: self.units_seen, **self.last_metrics})
+        if self.ddp.master:
+            log.info(f"iter {self.iter_num}: {format_metrics(self.last_metrics)}" + (" (best)" if improved else ""))
+        if self.iter_num > 0:
+            self.save(LAST)
+            if improved:
+                self.save(BEST)
+        if self.task.patience and self.bad_evals >= self.task.patience:
+            if self.ddp.master:
+                log.info(f"early stop: {self.task.score} has not improved for {self.bad_evals} evaluations "
+                         f"(best {self.best:.4f})")
+            return True
+        return False
+
+    def save(self, name: str) -> None:
+        if not self.ddp.master:
+            return
+        meta = {**self.task.meta, "train_config": self.cfg.to_dict(), "iter_num": self.iter_num,
+                "score_name": self.task.score, "best_score": self.best, "bad_evals": self.bad_evals,
+                "units_seen": self.units_seen, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+        save_checkpoint(self.out_dir / name, self.task.model, meta, self.task.optimizer, rng_state(self.device))
+
+    # --------------------------------------------------------------------------- one optimizer step
+
+    def step(self) -> None:
+        """Accumulate gradients over this process's micro-batches, clip, and take one AdamW step."""
+        lr = learning_rate(self.iter_num, self.cfg)
+        for group in self.task.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            batch = self.task.batch(self.iter_num, self.ddp.rank * self.accum + micro)
+            last_micro = micro == self.accum - 1  # DDP all-reduces the gradients once, after the last one
+            with (nullcontext() if not self.ddp.enabled or last_micro else self.model.no_sync()), \
+                    autocast(self.device, self.dtype):
+                loss = self.task.loss(self.model, batch) / self.accum
+            self.scaler.scale(loss).backward()
+            step_loss += loss.detach().float()
+        if self.ddp.enabled:
+            dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+        if not torch.isfinite(step_loss):
+            last = self.out_dir / LAST
+            raise NonFiniteLoss(
+                f"loss is {step_loss.item()} at iteration {self.iter_num}; stopped without saving. Last good "
+                f"checkpoint: {last if last.exists() else 'none yet'} (try a lower learning_rate or grad_clip)"
+            )
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.task.optimizer)
+            params = [p for g in self.task.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)  # batched; PyTorch loops per tensor on CPU
+        self.scaler.step(self.task.optimizer)
+        self.scaler.update()
+        self.task.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        self.bar.update(1)
+        self.log_step(step_loss, lr)
+
+    def log_step(self, step_loss: torch.Tensor, lr: float) -> None:
+        """At each log_interval: a metrics.jsonl line (loss, lr, throughput, MFU) and the bar's postfix."""
+        if self.iter_num % self.cfg.log_interval and self.iter_num != self.cfg.max_iters:
+            return
+        now = time.perf_counter()
+        steps, elapsed = self.iter_num - self._window_start[0], now - self._window_start[1]
+        self._window_start = (self.iter_num, now)
+        loss = step_loss.item()  # the one host sync per log interval
+        rate = steps * self.task.units_per_step / elapsed
+        unit = self.task.unit
+        record = {"iter": self.iter_num, self.units_key: self.units_seen, "train_loss": loss, "lr": lr,
+                  f"{unit}_per_s": rate}
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{unit}/s": f"{rate:,.0f}"}
+        if self.task.flops_per_step:
+            record["mfu"] = steps * self.task.flops_per_step / elapsed / (self.peak * self.ddp.world_size)
+            postfix["mfu"] = f"{record['mfu']:.0%}"
+        self.log_record(record)
+        self.bar.set_postfix(postfix)
+
+    def start_window(self) -> None:
+        """Start timing throughput from now."""
+        self._window_start = (self.iter_num, time.perf_counter())
+
+    # --------------------------------------------------------------------------- bookkeeping
+
+    @property
+    def units_key(self) -> str:
+        return "tokens" if self.task.unit == "tok" else "examples"
+
+    @property
+    def units_seen(self) -> int:
+        return self.iter_num * self.task.units_per_step
+
+    def log_record(self, record: dict) -> None:
+        if self.ddp.master:
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def finish(self, stopped_early: bool) -> dict:
+        """Close the bar, restore the best weights if the task asks, plot; returns the run's summary."""
+        self.bar.close()
+        if self.task.restore_best and (self.out_dir / BEST).is_file():
+            if self.ddp.enabled:
+                dist.barrier()  # rank 0 has finished writing it
+            load_checkpoint(self.out_dir / BEST).load_model(self.task.model)
+        png = plot_losses(self.out_dir) if self.ddp.master and self.cfg.plot else None
+        return {"iter_num": self.iter_num, "best_score": self.best, "score_name": self.task.score,
+                "stopped_early": stopped_early, **self.last_metrics, "out_dir": str(self.out_dir), "loss_png": png}
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dtype: torch.dtype) -> dict:
+    """Train ``task`` as ``cfg`` says; returns a summary (iterations, best score, last metrics, paths).
+
+    Raises ``Interrupted`` after saving when SIGINT/SIGTERM arrives, and ``NonFiniteLoss`` (saving
+    nothing) when the loss stops being finite.
+    """
+    run = Run(task, cfg, ddp, device, dtype)
+    if cfg.resume or cfg.eval_only:
+        run.restore()
+    if cfg.eval_only:
+        metrics = run.evaluate()
+        if ddp.master:
+            log.info(f"iter {run.iter_num}: {format_metrics(metrics)}")
+        return {"iter_num": run.iter_num, **metrics}
+    run.start()
+    stopped_early = False
+    with StopSignal() as stop:
+        run.start_window()
+        while True:
+            if run.due_for_evaluation() and run.evaluate_and_checkpoint():
+                stopped_early = True
+                break
+            if run.iter_num >= cfg.max_iters:
+                break
+            run.step()
+            if stop_requested(stop, ddp, device, at_boundary=run.iter_num % cfg.log_interval == 0):
+                run.save(LAST)
+                run.bar.close()
+                raise Interrupted(run.iter_num, run.out_dir / LAST)
+    return run.finish(stopped_early)

@@ -1,0 +1,92 @@
+"""Pretraining: next-token prediction on random windows of a prepared token file, as a ``Task`` of the loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..config_io import setting
+from ..device import resolve_dtype, seed_everything
+from ..data.loader import RandomWindows, load_meta, open_tokens
+from ..errors import MiniGPTError
+from ..loading import load_model
+from ..model.model import GPT
+from .config import LoopConfig, ModelFields
+from .loop import Distributed, Task, batch_seed, distributed, fit
+
+
+@dataclass
+class PretrainConfig(LoopConfig, ModelFields):
+    """Pretraining (``task = "pretrain"``): read from a TOML file in ``configs/``, then ``--key=value`` overrides."""
+
+    data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
+    init_from: str = setting("", "continue pretraining from this checkpoint, out_dir or Hugging Face folder (fresh "
+                                 "optimizer); its architecture replaces the model keys, except the run-time ones "
+                                 "(dropout, attn_backend)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task != "pretrain":
+            raise MiniGPTError(f"PretrainConfig is for task 'pretrain', got {self.task!r}")
+        self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
+
+
+def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -> Task:
+    """The language-modelling task: model, optimizer, batches, loss and evaluation."""
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    meta = load_meta(cfg.data_dir)
+    if cfg.init_from:
+        model = continued_model(cfg, meta, device)
+    else:
+        model = GPT(cfg.model_config(vocab_size=meta["vocab_size"])).to(device)
+    block_size = model.config.block_size
+    train_windows = RandomWindows(open_tokens(cfg.data_dir, "train", meta), block_size, device)
+    val_windows = RandomWindows(open_tokens(cfg.data_dir, "val", meta), block_size, device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    tokens_per_step = cfg.batch_size * block_size * cfg.gradient_accumulation_steps
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        """Mean loss over eval_iters fixed batches per split (the same batches at every evaluation)."""
+        losses = {}
+        for split, windows in (("train", train_windows), ("val", val_windows)):
+            total = torch.zeros((), device=device)
+            for k in range(cfg.eval_iters):
+                x, y = windows.batch(cfg.batch_size, batch_seed(cfg.seed + 1, -1, ddp.rank * cfg.eval_iters + k))
+                total += m(x, y)[1].float()
+            if ddp.enabled:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            losses[split] = total.item() / cfg.eval_iters
+        return {"train_loss_eval": losses["train"], "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50))}
+
+    origin = f" from {cfg.init_from}" if cfg.init_from else ""
+    return Task(
+        model=model, optimizer=optimizer,
+        batch=lambda it, micro: train_windows.batch(cfg.batch_size, batch_seed(cfg.seed, it, micro)),
+        loss=lambda m, batch: m(*batch)[1],
+        evaluate=evaluate, score="val_loss", higher_is_better=False,
+        meta={"model_config": model.config.to_dict(), "tokenizer": meta["tokenizer"]},
+        units_per_step=tokens_per_step, unit="tok", flops_per_step=model.flops_per_token() * tokens_per_step,
+        banner=f"model: {model.num_parameters():,} parameters{origin} | data: {meta['train_tokens']:,} train tokens "
+               f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,})",
+    )
+
+
+def continued_model(cfg: PretrainConfig, meta: dict, device: torch.device) -> GPT:
+    """The model of ``cfg.init_from`` (weights and architecture; the config's run-time choices),
+    checked against the tokenizer the data was prepared with."""
+    model, tok = load_model(cfg.init_from, device, **cfg.runtime())
+    if tok.to_meta() != meta["tokenizer"]:
+        raise MiniGPTError(f"init_from {cfg.init_from} uses a {tok.to_meta()['kind']} tokenizer that differs from the one "
+                           f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}); prepare the data with the same tokenizer")
+    return model
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
+    with distributed(cfg.device) as (ddp, device):
+        summary = fit(pretrain_task(cfg, ddp, device), cfg, ddp, device, resolve_dtype(device, cfg.dtype))
+    summary["best_val_loss"] = summary.pop("best_score", None)
+    return summary
