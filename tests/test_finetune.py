@@ -62,6 +62,18 @@ def test_finetune_end_to_end_and_predict(tmp_path):
     assert meta["labels"] == ["neg", "pos"]
 
 
+def test_epochs_set_the_steps_without_changing_the_config(tmp_path):
+    rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} {i},{'pos' if i % 2 else 'neg'}" for i in range(50)]
+    (tmp_path / "d.csv").write_text("\n".join(rows), encoding="utf-8")
+    cfg = ClassifyConfig(train_file=str(tmp_path / "d.csv"), out_dir=str(tmp_path / "out"), init_from="scratch",
+                         tokenizer="char", n_layer=1, n_head=1, n_embd=8, block_size=16, batch_size=7, epochs=2.0,
+                         eval_interval=100, progress=False, plot=False, device="cpu", split="0.7,0.3")
+    summary = finetune(cfg)
+    assert summary["iter_num"] == round(2.0 * 35 / 7) == 10  # 2 passes over 35 training texts, 7 a step
+    assert cfg.max_iters == 2000  # the caller's config is left as it was
+    assert load_checkpoint(tmp_path / "out" / "ckpt_last.safetensors").meta["train_config"]["max_iters"] == 10
+
+
 @pytest.mark.parametrize("content,kw,message", [
     ("text,label\nhello,a\n", dict(text_column="body"), "no text column 'body'"),
     ("", {}, "empty"),

@@ -119,3 +119,14 @@ def test_lora_changes_only_adapters_and_head_and_merges_exactly():
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
     unmerge_lora(model)
     torch.testing.assert_close(model(ids)[0], unmerged, atol=1e-5, rtol=0)
+
+
+def test_remove_head_drops_only_an_inactive_head():
+    model = classifier()
+    model.add_head("topic", ClassificationHead(16, 5), use=False)
+    with pytest.raises(MiniGPTError, match="active"):
+        model.remove_head("default")
+    model.remove_head("topic")
+    assert list(model.heads) == ["default"]
+    with pytest.raises(KeyError, match="no head named 'topic'"):
+        model.remove_head("topic")

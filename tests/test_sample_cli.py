@@ -113,3 +113,9 @@ def test_streamed_and_batch_output_cut_the_stop_string_alike(checkpoints):
         assert out.returncode == 0, out.stderr
         outputs.append(out.stdout)
     assert outputs[0] == outputs[1] == expected + "\n"
+
+
+@pytest.mark.parametrize("name", ["minigpt.data", "minigpt.classify", "minigpt.evaluate", "minigpt.plot"])
+def test_module_entry_points_keep_their_names(name):
+    out = subprocess.run([sys.executable, "-m", name, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0 and f"usage: python -m {name}" in out.stdout, out.stderr

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt.checkpoint import load_checkpoint
-from minigpt.config_io import build_config
+from minigpt import GPT, GPTConfig, MiniGPTError, load_model, save_hf
+from minigpt.checkpoint import BEST, LAST, load_checkpoint
+from minigpt.config_io import build_config, config_help
 from minigpt.data.corpus import prepare_corpus
-from minigpt.errors import MiniGPTError
-from minigpt.checkpoint import BEST, LAST
+from minigpt.data.loader import load_meta
+from minigpt.model.layers import CausalSelfAttention
 from minigpt.train import config_class
+from minigpt.train.classify import ClassifyConfig, load_backbone
 from minigpt.train.loop import NonFiniteLoss, learning_rate
-from minigpt.train.pretrain import PretrainConfig, train
+from minigpt.train.pretrain import PretrainConfig, continued_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
@@ -245,16 +247,11 @@ def test_every_shipped_config_is_valid(path):
 
 
 def backends_and_dropouts(model: torch.nn.Module) -> set[tuple[str, float]]:
-    from minigpt.model.layers import CausalSelfAttention
-
     return {(m.backend, m.dropout) for m in model.modules() if isinstance(m, CausalSelfAttention)}
 
 
 def test_init_from_honours_the_configs_run_time_choices(char_data, tmp_path):
     """attn_backend and dropout are run-time choices: init_from takes the weights, not them."""
-    from minigpt.train.pretrain import continued_model
-    from minigpt.data.loader import load_meta
-
     train(tiny_cfg(char_data, tmp_path / "a", max_iters=2, lr_decay_iters=2, eval_interval=2))
     cfg = tiny_cfg(char_data, tmp_path / "b", init_from=str(tmp_path / "a"), attn_backend="manual", dropout=0.25)
     model = continued_model(cfg, load_meta(char_data), torch.device("cpu"))
@@ -266,10 +263,6 @@ def test_init_from_honours_the_configs_run_time_choices(char_data, tmp_path):
 
 
 def test_a_hugging_face_folder_takes_the_run_time_choices(tmp_path):
-    from minigpt import GPT, GPTConfig, save_hf
-    from minigpt.loading import load_model
-    from minigpt.train.classify import ClassifyConfig, load_backbone
-
     save_hf(GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)), tmp_path / "hf")
     model, _ = load_model(tmp_path / "hf", attn_backend="manual", dropout=0.1)
     assert backends_and_dropouts(model) == {("manual", 0.1)}
@@ -294,12 +287,8 @@ def test_resume_may_change_the_attention_backend_but_not_the_architecture(char_d
 
 
 def test_layer_norm_eps_is_settable_from_toml(tmp_path):
-    from minigpt.config_io import config_help
-
     (tmp_path / "c.toml").write_text("layer_norm_eps = 1e-6\nn_layer = 1\n", encoding="utf-8")
     cfg = build_config(PretrainConfig, tmp_path / "c.toml", [])
-    from minigpt import GPT
-
     model = GPT(cfg.model_config(vocab_size=10))
     eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
     assert eps == {1e-6}
