@@ -1,5 +1,11 @@
-"""Checkpoint file I/O, in one place. Every write goes to a temporary file in the same folder and
-is renamed over the target, so a crash leaves either the old file or the new one, never half of one."""
+"""File I/O in one place: reading text and JSON with one-line errors, output folders, atomic writes,
+safetensors, and the training checkpoint format.
+
+Every write goes to a temporary file in the same folder and is renamed over the target, so a crash
+leaves either the old file or the new one, never half of one; the file then gets the permissions any
+other program's would (0666 less the umask). A run that finds such temporaries left behind by a
+killed predecessor removes them (``remove_stale_temporaries``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,12 +22,69 @@ from safetensors.torch import load_file, save_file
 
 from .errors import MiniGPTError
 
+TEMPORARY = ".{name}.*.tmp"  # how atomic_path names its temporary files (glob pattern)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder, or bytes that are not UTF-8 are a
+    ``MiniGPTError`` naming the path (``what`` says what it was for, e.g. "prompt file")."""
+    path = Path(path)
+    if path.is_dir():
+        raise MiniGPTError(f"{what} {path} is a folder, not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MiniGPTError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise MiniGPTError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise MiniGPTError(f"{path}: cannot read the {what} ({err.strerror})") from None
+
+
+def output_dir(path: str | Path, what: str = "out_dir") -> Path:
+    """``path`` as a folder that exists and can be written to (created with its parents if need be)."""
+    if str(path) == "":
+        raise MiniGPTError(f"{what} is empty; name a folder")
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MiniGPTError(f"{what} {path} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise MiniGPTError(f"{what} {path} lies under a file, not a folder") from None
+    except OSError as err:
+        raise MiniGPTError(f"{what} {path} cannot be created ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MiniGPTError(f"{what} {path} is not writable")
+    return path
+
+
+def output_file(path: str | Path, what: str = "output file") -> Path:
+    """``path`` as a file that can be written: not a folder, in a writable folder (created if need be)."""
+    if str(path) == "":
+        raise MiniGPTError(f"{what} is empty; name a file")
+    path = Path(path)
+    if path.is_dir():
+        raise MiniGPTError(f"{what} {path} is a folder, not a file")
+    try:
+        output_dir(path.parent)
+    except MiniGPTError:
+        raise MiniGPTError(f"{what} {path}: its folder cannot be written to (it lies under a file, or is "
+                           f"not writable)") from None
+    return path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent, what=f"the folder of {path.name}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -29,9 +92,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private; the file gets the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that ``atomic_path`` leaves when a process dies mid-write, for these
+    target ``names`` only (nothing else in the folder is touched); returns what was removed."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(TEMPORARY.format(name=name)):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -39,12 +114,10 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def read_json(path: str | Path) -> dict:
+def read_json(path: str | Path, what: str = "file") -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise MiniGPTError(f"file not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as err:
         raise MiniGPTError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
@@ -54,6 +127,25 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                 optional: Iterable[str] = ()) -> None:
+    """Copy ``state`` into ``module``; a tensor of the wrong shape, a missing or an unexpected one is
+    a ``MiniGPTError`` naming ``source`` and the tensors (``optional`` names may be missing)."""
+    expected = module.state_dict()
+    for name, tensor in state.items():
+        if name in expected and expected[name].shape != tensor.shape:
+            raise MiniGPTError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                               f"{tuple(expected[name].shape)} (do the config and the weights belong together?)")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in set(optional)]
+    if missing or unexpected:
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        parts = ([f"missing {few(missing)}"] if missing else []) + ([f"unexpected {few(unexpected)}"] if unexpected else [])
+        raise MiniGPTError(f"{source}: does not fit the model: {'; '.join(parts)}")
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -131,12 +223,17 @@ class Checkpoint:
         self._optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
 
     def load_model(self, model: torch.nn.Module) -> None:
-        """Copy the weights into ``model``; any mismatch is an error naming the keys."""
-        missing, unexpected = model.load_state_dict(self.model, strict=False)
-        expected = set(model_tensors(model))
-        missing = [k for k in missing if k in expected]  # tied copies are not stored
-        if missing or unexpected:
-            raise MiniGPTError(f"{self.path}: checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        """Copy the weights into ``model``; any mismatch is an error naming the tensors."""
+        stored = set(model_tensors(model))
+        tied = [k for k in model.state_dict() if k not in stored]  # a tied copy is stored once, under its first name
+        load_weights(model, self.model, str(self.path), optional=tied)
+
+    def require(self, *keys: str) -> None:
+        """Each key is in the metadata, or a ``MiniGPTError`` says which is not."""
+        for key in keys:
+            if key not in self.meta:
+                raise MiniGPTError(f"{self.path}: the checkpoint's metadata has no {key!r} (damaged, or not written "
+                                   f"by this version of minigpt)")
 
     def optimizer_state(self) -> dict | None:
         if "optimizer_param_groups" not in self.meta:
@@ -156,7 +253,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     header = _read_header(path)
     if "minigpt" not in header:
         raise MiniGPTError(f"{path} is a safetensors file but not a minigpt checkpoint (no 'minigpt' metadata)")
-    meta = json.loads(header["minigpt"])
+    meta = _metadata_json(path, header, "minigpt")
     if meta.get("format") != FORMAT:
         raise MiniGPTError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {FORMAT!r}")
     return Checkpoint(path, load_tensors(path), meta)
@@ -179,4 +276,14 @@ def read_safetensors_metadata(path: str | Path, key: str) -> dict:
     header = _read_header(path)
     if key not in header:
         raise MiniGPTError(f"{path} has no {key!r} metadata (not written by minigpt?)")
-    return json.loads(header[key])
+    return _metadata_json(path, header, key)
+
+
+def _metadata_json(path: Path, header: dict[str, str], key: str) -> dict:
+    try:
+        meta = json.loads(header[key])
+    except json.JSONDecodeError as err:
+        raise MiniGPTError(f"{path}: the {key!r} metadata is not valid JSON ({err.msg}); the file is damaged") from None
+    if not isinstance(meta, dict):
+        raise MiniGPTError(f"{path}: the {key!r} metadata is not a JSON object; the file is damaged")
+    return meta

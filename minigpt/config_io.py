@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,64 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from .checkpoint import read_text
 from .errors import MiniGPTError
 
 
-def setting(default: Any, help: str, choices: Sequence[str] | None = None):
-    """A dataclass field with its help text and, for a string, the values it may take."""
-    metadata = {"help": help}
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting accepts: an interval, either end open, closed or absent."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
+POSITIVE = Range(0, low_open=True)
+UNIT = Range(0, 1, high_open=True)  # dropout rates, Adam's betas
+
+
+def setting(default: Any, help: str, choices: Sequence[str] | None = None, within: Range | None = None):
+    """A dataclass field with its help text and, when it has them, the values or the range it accepts."""
+    metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if within is not None:
+        metadata["within"] = within
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def check_choices(obj: Any, prefix: str = "") -> None:
-    """Every field declared with ``choices`` holds one of them, or a ``MiniGPTError`` names it."""
+def check_settings(obj: Any, prefix: str = "") -> None:
+    """Each field holds a value of its type (a float finite), one of its ``choices``, inside its range;
+    otherwise a ``MiniGPTError`` names the field, what it must be and what it got."""
     for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        if choices is not None and getattr(obj, f.name) not in choices:
-            raise MiniGPTError(f"{prefix}{f.name} must be one of {', '.join(choices)}; got {getattr(obj, f.name)!r}")
+        value, tp, name = getattr(obj, f.name), _python_type(f.type), prefix + f.name
+        if tp in (int, float):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or (tp is int and not isinstance(value, int)):
+                raise MiniGPTError(f"{name} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
+            if not math.isfinite(value):
+                raise MiniGPTError(f"{name} must be a finite number, got {value!r}")
+        elif tp in (bool, str) and not isinstance(value, tp):
+            raise MiniGPTError(f"{name} must be a {_type_name(tp)}, got {value!r}")
+        choices, within = f.metadata.get("choices"), f.metadata.get("within")
+        if choices is not None and value not in choices:
+            raise MiniGPTError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if within is not None and value not in within:
+            raise MiniGPTError(f"{name} must be {within}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -55,10 +98,8 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
         text = value.strip()
         if tp is bool:
             lowered = text.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
+            if lowered in BOOL_WORDS:
+                return BOOL_WORDS[lowered]
         else:
             try:
                 number = float(text) if tp is float else int(text)
@@ -84,29 +125,33 @@ def unknown_key(key: str, known: Sequence[str], source: str) -> MiniGPTError:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file as a dict; a missing file or a syntax error names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MiniGPTError(f"config file not found: {path}")
+    """A TOML file as a dict; a missing file, bytes that are not UTF-8 or a syntax error name the file."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path, "config file"))
     except tomllib.TOMLDecodeError as err:
         raise MiniGPTError(f"{path}: not valid TOML ({err})") from None
 
 
 def parse_overrides(overrides: Sequence[str], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
-    """``--key=value`` items as typed values; a bare ``--flag`` switches a boolean on."""
+    """``--key=value`` or ``--key value`` items as typed values; a bare ``--flag`` switches a boolean on."""
     values: dict[str, Any] = {}
-    for item in overrides:
-        if not item.startswith("--"):
-            raise MiniGPTError(f"command line: expected --key=value, got {item!r}")
+    items = list(overrides)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--") or item == "--":
+            raise MiniGPTError(f"command line: expected --key=value or --key value, got {item!r}")
         key, has_value, raw = item[2:].partition("=")
         if key not in fields:
             raise unknown_key(key, list(fields), "command line")
+        is_bool = _python_type(fields[key].type) is bool
         if not has_value:
-            if _python_type(fields[key].type) is not bool:
-                raise MiniGPTError(f"command line: expected --key=value, got {item!r}")
-            raw = "true"
+            follows = items[0] if items and not items[0].startswith("--") else None
+            if follows is not None and (not is_bool or follows.lower() in BOOL_WORDS):
+                raw = items.pop(0)
+            elif is_bool:
+                raw = "true"
+            else:
+                raise MiniGPTError(f"command line: --{key} needs a value (--{key}=VALUE or --{key} VALUE)")
         values[key] = coerce(key, raw, fields[key].type, "command line")
     return values
 
@@ -135,5 +180,7 @@ def config_help(cls: type, skip: type | None = None) -> str:
         text = f.metadata.get("help", "")
         if "choices" in f.metadata:
             text += f" [{' | '.join(f.metadata['choices'])}]"
+        if "within" in f.metadata:
+            text += f" [{f.metadata['within']}]"
         lines.append(f"  --{f.name}={default}".ljust(44) + f"{_type_name(_python_type(f.type)):<6} {text}")
     return "\n".join(lines)

@@ -37,6 +37,24 @@ def _open(path: str | Path) -> Checkpoint | Path:
     return load_checkpoint(path)
 
 
+def model_config(ckpt: Checkpoint, **runtime) -> GPTConfig:
+    """The architecture a checkpoint stores, with the caller's run-time choices."""
+    ckpt.require("model_config")
+    try:
+        return GPTConfig.from_dict(ckpt.meta["model_config"]).with_runtime(**runtime)
+    except (MiniGPTError, TypeError) as err:
+        raise MiniGPTError(f"{ckpt.path}: the stored model_config is not usable ({err})") from None
+
+
+def tokenizer(ckpt: Checkpoint) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with."""
+    ckpt.require("tokenizer")
+    try:
+        return tokenizer_from_meta(ckpt.meta["tokenizer"])
+    except (MiniGPTError, AttributeError, TypeError) as err:
+        raise MiniGPTError(f"{ckpt.path}: the stored tokenizer is not usable ({err})") from None
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPT, Tokenizer]:
     """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
     found = _open(path)
@@ -45,17 +63,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) 
     if found.meta.get("task") == "classify":
         raise MiniGPTError(f"{found.path} is a classifier checkpoint, not a language model; "
                            f"predict with it: python -m minigpt.classify --ckpt {path} TEXT")
-    model = GPT(GPTConfig.from_dict(found.meta["model_config"]).with_runtime(**runtime))
+    model = GPT(model_config(found, **runtime))
     found.load_model(model)
-    return model.to(device).eval(), tokenizer_from_meta(found.meta["tokenizer"])
+    return model.to(device).eval(), tokenizer(found)
 
 
-def build_classifier(meta: dict, **runtime) -> GPTClassifier:
-    """An untrained classifier shaped as a checkpoint's ``meta`` describes (for loading its weights)."""
-    backbone = GPTBackbone(GPTConfig.from_dict(meta["model_config"]).with_runtime(**runtime))
-    model = GPTClassifier(backbone, ClassificationHead.from_spec(meta["head"]))
-    if meta.get("lora"):
-        apply_lora(backbone, tuple(meta["lora"]["targets"]), meta["lora"]["rank"], meta["lora"]["alpha"])
+def build_classifier(ckpt: Checkpoint, **runtime) -> GPTClassifier:
+    """An untrained classifier shaped as a classification checkpoint describes (for loading its weights)."""
+    ckpt.require("head", "labels", "max_length", "truncate")
+    backbone = GPTBackbone(model_config(ckpt, **runtime))
+    model = GPTClassifier(backbone, ClassificationHead.from_spec(ckpt.meta["head"], source=str(ckpt.path)))
+    lora = ckpt.meta.get("lora")
+    if lora:
+        try:
+            apply_lora(backbone, tuple(lora["targets"]), lora["rank"], lora["alpha"])
+        except (KeyError, TypeError) as err:
+            raise MiniGPTError(f"{ckpt.path}: the stored LoRA settings {lora!r} are incomplete ({err})") from None
     return model
 
 
@@ -67,7 +90,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", **runt
     if found.meta.get("task") != "classify":
         raise MiniGPTError(f"{found.path} is a language-model checkpoint, not a classifier; "
                            f"fine-tune one from it with a config that has task = \"classify\" and init_from = \"{path}\"")
-    model = build_classifier(found.meta, **runtime)
+    model = build_classifier(found, **runtime)
     found.load_model(model)
     merge_lora(model)
-    return model.to(device).eval(), tokenizer_from_meta(found.meta["tokenizer"]), found.meta
+    return model.to(device).eval(), tokenizer(found), found.meta

@@ -57,3 +57,37 @@ def test_cli_reports_missing_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "minigpt.evaluate", "--ckpt", str(tmp_path), "--input", str(tmp_path / "t.txt")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no minigpt checkpoint" in proc.stderr
+
+
+def test_cli_scores_documents_of_any_format_and_prepared_splits(tmp_path):
+    import json
+
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.data.corpus import prepare_corpus
+    from minigpt.data.loader import open_split
+    from minigpt.data.tokenizers import CharTokenizer
+
+    text = "the quick brown fox jumps over the lazy dog\n" * 40
+    tok = CharTokenizer.from_text(text)
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    save_checkpoint(tmp_path / "run" / "ckpt_best.safetensors", m, {"model_config": m.config.to_dict(),
+                                                                     "tokenizer": tok.to_meta()})
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+
+    def evaluate(*args):
+        proc = subprocess.run([sys.executable, "-m", "minigpt.evaluate", "--ckpt", str(tmp_path / "run"), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    expected = perplexity(m, tok.encode(text), progress=False)
+    for source in ("t.txt", "t.jsonl"):  # one document either way: the same tokens, the same score
+        assert f"loss {expected['loss']:.4f}" in evaluate("--input", str(tmp_path / source))
+    meta = prepare_corpus(tmp_path / "t.txt", tmp_path / "data", "char", progress=False)
+    out = evaluate("--data", str(tmp_path / "data"), "--split", "val")
+    val = open_split(tmp_path / "data", "val", meta)
+    score = perplexity(m, val.read(0, len(val)), progress=False)
+    bits = score["nll_sum"] / math.log(2) / meta["splits"]["val"]["bytes"]
+    assert f"{score['tokens']:,} tokens, loss {score['loss']:.4f}" in out and f"{bits:.4f} bits/byte" in out

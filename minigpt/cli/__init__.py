@@ -27,6 +27,15 @@ class ArgumentParser(argparse.ArgumentParser):
         raise MiniGPTError(f"{self.prog}: {message} (see --help)")
 
 
+def read_stdin() -> str:
+    """Standard input as UTF-8 text, or a one-line error."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MiniGPTError(f"standard input: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 class _Console(logging.Handler):
     """minigpt's log lines as plain text: information on stdout, warnings on stderr, above any progress bar."""
 

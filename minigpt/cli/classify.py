@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
+from ..checkpoint import output_file, read_text
 from ..device import DEVICE_HELP, resolve_device
 from ..errors import MiniGPTError
 from ..infer.predict import classify_texts
 from ..loading import load_classifier
-from . import ArgumentParser
+from . import ArgumentParser, read_stdin
 
 
 def main(argv: list[str]) -> int:
@@ -25,20 +25,18 @@ def main(argv: list[str]) -> int:
 
     device = resolve_device(args.device)
     model, tok, meta = load_classifier(args.ckpt, device)
+    out = output_file(args.out, "--out") if args.out is not None else None
     texts = list(args.texts)
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise MiniGPTError(f"file not found: {path}")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts and not sys.stdin.isatty():
-        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        texts += [line for line in read_text(args.file, "--file").split("\n") if line.strip()]
+    if not texts and not args.texts and not sys.stdin.isatty():
+        texts = [line for line in read_stdin().split("\n") if line.strip()]
     if not texts:
         raise MiniGPTError("no text to classify: give texts as arguments, --file, or standard input")
-    labels, probs = classify_texts(model, tok, texts, meta, device)
+    labels, probs = classify_texts(model, tok, [t.rstrip("\r") for t in texts], meta, device)
     names = meta["labels"]
-    if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as f:
+    if out is not None:
+        with open(out, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["text", "label", *[f"p_{n}" for n in names]])
             for text, label, row in zip(texts, labels, probs.tolist()):

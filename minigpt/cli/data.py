@@ -1,31 +1,69 @@
-"""``python -m minigpt.data --input TEXT --out DIR``: tokenise a corpus into train.bin, val.bin and meta.json."""
+"""``python -m minigpt.data --input PATH ... --out DIR``: tokenise a corpus into shards and meta.json."""
 
 from __future__ import annotations
 
+import argparse
+import os
+
+from ..checkpoint import output_dir
 from ..data.corpus import prepare_corpus
 from ..data.tokenizers import TOKENIZER_KINDS
+from ..errors import MiniGPTError
 from ..train.classify import training_documents
 from . import ArgumentParser
+
+EPILOG = """examples:
+  python -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
+  python -m minigpt.data --input books/ --tokenizer gpt2 --out data/books
+  python -m minigpt.data --input 'fineweb/sample/10BT/*.parquet' --tokenizer gpt2 --val_tokens 10000000 --out data/fineweb
+  python -m minigpt.data --input openwebtext.jsonl.gz --text_field text --tokenizer gpt2 --out data/owt
+
+Run again after an interruption (Ctrl-C, a crash, SIGKILL) with the same command: it continues where
+it stopped and ends with the same files as an uninterrupted run."""
+
+
+def tokens(text: str) -> int:
+    """An integer, optionally with a K/M/B suffix: 100M = 100,000,000."""
+    scale = {"k": 10**3, "m": 10**6, "b": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens like 100M, got {text!r}") from None
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of tokens, got {text!r}")
+    return int(value)
 
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m minigpt.data",
-        description="Tokenise a UTF-8 text file or a folder of .txt files into train.bin, val.bin and meta.json.",
-    )
+        description="Tokenise a corpus of any size into train/val token shards (llm.c's .bin layout) and meta.json: "
+                    "text files (one document each), JSONL or gzipped JSONL (one document a line) and parquet "
+                    "(one a row; needs pip install 'minigpt[data]'). Nothing is downloaded; the corpus is read as a "
+                    "stream, in bounded memory.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="a text file, or a folder of .txt files (split by document)")
+    source.add_argument("--input", nargs="+", metavar="PATH",
+                        help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
     source.add_argument("--texts_of", metavar="CONFIG",
                         help="the training texts (labels dropped, one document each) of a classification config: "
                              "in-domain text for continued pretraining (python train.py ... --init_from=...)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="char", choices=TOKENIZER_KINDS, help="default: char")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--val_fraction", type=float, default=0.1, help="share of the documents held out for "
+                       "validation (default 0.1)")
+    split.add_argument("--val_tokens", type=tokens, help="hold out about this many tokens instead, e.g. 10M")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw of documents")
+    p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: every core)")
+    p.add_argument("--shard_tokens", type=tokens, default=100_000_000, help="tokens per shard (default 100M)")
     p.add_argument("--char_vocab_from", help="meta.json whose character vocabulary to reuse")
-    p.add_argument("--seed", type=int, default=0, help="order in which documents are drawn for val")
     p.add_argument("--char_unknown", metavar="CHAR",
                    help="char tokenizer: add this character (e.g. U+FFFD, $'\\ufffd' in bash) to stand for "
                         "any character outside the vocabulary when the model later reads other text")
+    p.add_argument("--overwrite", action="store_true", help="replace data already prepared in --out")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -34,9 +72,19 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.char_unknown is not None and (len(args.char_unknown) != 1 or args.tokenizer != "char"):
         p.error("--char_unknown takes one character, with --tokenizer char")
+    if args.workers < 1:
+        raise MiniGPTError(f"--workers must be at least 1, got {args.workers}")
+    output_dir(args.out, "--out")
     docs = training_documents(args.texts_of) if args.texts_of else None
-    meta = prepare_corpus(args.input or f"{args.texts_of} (training texts)", args.out, args.tokenizer,
-                          args.val_fraction, args.char_vocab_from, args.seed, char_unknown=args.char_unknown, docs=docs)
-    print(f"{args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-          f"vocabulary {meta['vocab_size']:,} ({meta['tokenizer']['kind']}), stored as {meta['dtype']}")
+    meta = prepare_corpus(args.input or [], args.out, args.tokenizer, args.val_fraction, args.char_vocab_from, args.seed,
+                          progress=not args.no_progress, char_unknown=args.char_unknown, documents=docs,
+                          workers=args.workers, shard_tokens=args.shard_tokens, text_field=args.text_field,
+                          val_tokens=args.val_tokens, overwrite=args.overwrite)
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    read = sum(s["bytes"] for s in meta["splits"].values())
+    print(f"{args.out}: {train['tokens']:,} train tokens in {len(train['shards'])} shard(s), {val['tokens']:,} val "
+          f"tokens in {len(val['shards'])} ({train['documents']:,} + {val['documents']:,} documents); vocabulary "
+          f"{meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}; {read / 1e6:,.1f} MB of text in "
+          f"{meta['elapsed_s']:.1f} s ({read / 1e6 / max(meta['elapsed_s'], 1e-9):.1f} MB/s, "
+          f"{(train['tokens'] + val['tokens']) / max(meta['elapsed_s'], 1e-9):,.0f} tokens/s)")
     return 0

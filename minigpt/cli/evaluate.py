@@ -1,10 +1,12 @@
-"""``python -m minigpt.evaluate --ckpt OUT --input FILE``: sliding-window perplexity and bits per byte."""
+"""``python -m minigpt.evaluate --ckpt OUT --input FILE ...``: sliding-window perplexity and bits per byte."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import math
 
+from ..data.corpus import read_texts
+from ..data.loader import load_meta, open_split
 from ..device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
 from ..infer import perplexity
@@ -16,18 +18,34 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m minigpt.evaluate", description=perplexity.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face GPT-2 folder")
-    p.add_argument("--input", required=True, help="UTF-8 text file to score")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH",
+                        help="text to score: files, folders or globs of .txt, .jsonl(.gz) or .parquet documents")
+    source.add_argument("--data", metavar="DIR", help="a prepared data folder (python -m minigpt.data) to score")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="with --data: which split (default val)")
+    p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
     p.add_argument("--stride", type=int, default=None, help="window step in tokens (default block_size // 2)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     args = p.parse_args(argv)
-    path = Path(args.input)
-    if not path.is_file():
-        raise MiniGPTError(f"input not found: {path}")
+    if args.stride is not None and args.stride < 1:
+        raise MiniGPTError(f"--stride must be at least 1, got {args.stride}")
     device = resolve_device(args.device)
+    dtype = resolve_dtype(device, args.dtype)
     model, tok = load_model(args.ckpt, device)
-    text = path.read_text(encoding="utf-8")
-    result = perplexity.score_text(model, tok, text, args.stride, device, resolve_dtype(device, args.dtype))
-    print(f"{path}: {result['tokens']:,} tokens, loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
-          f"{result['bits_per_byte']:.4f} bits/byte")
+    if args.data is not None:
+        meta = load_meta(args.data)
+        if meta["tokenizer"] != tok.to_meta():
+            raise MiniGPTError(f"{args.data} was prepared with a {meta['tokenizer'].get('kind')} tokenizer that differs "
+                               f"from the model's ({tok.to_meta()['kind']})")
+        tokens = open_split(args.data, args.split, meta)
+        result = perplexity.perplexity(model, tokens.read(0, len(tokens)), args.stride, device=device, dtype=dtype)
+        n_bytes = meta.get("splits", {}).get(args.split, {}).get("bytes")
+        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / n_bytes if n_bytes else None
+        what = f"{args.data} ({args.split})"
+    else:
+        result = perplexity.score_texts(model, tok, read_texts(args.input, args.text_field), args.stride, device, dtype)
+        what = ", ".join(args.input)
+    per_byte = f", {result['bits_per_byte']:.4f} bits/byte" if result["bits_per_byte"] is not None else ""
+    print(f"{what}: {result['tokens']:,} tokens, loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}{per_byte}")
     return 0

@@ -5,26 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from ..checkpoint import read_text
 from ..device import DEVICE_HELP, DTYPES, autocast, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
 from ..infer.generate import TextStream, check_sampling_args, stream
 from ..loading import load_model
 from ..model.config import ATTENTION_BACKENDS
-from . import ArgumentParser
+from . import ArgumentParser, read_stdin
 
 
 def read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         return args.prompt
     if args.prompt_file is not None:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise MiniGPTError(f"prompt file not found: {path}")
-        return path.read_text(encoding="utf-8")
+        return read_text(args.prompt_file, "prompt file")
     if not sys.stdin.isatty():
-        return sys.stdin.read()
+        return read_stdin()
     return "\n"
 
 
@@ -61,9 +58,15 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.min_p,
+                        args.repetition_penalty, args.stop)
     if args.num_samples < 1:
         raise MiniGPTError(f"--num_samples must be at least 1, got {args.num_samples}")
+    if args.stream and args.num_samples > 1:
+        raise MiniGPTError(f"--stream shows one sample as it is written; for --num_samples {args.num_samples} "
+                           f"leave it off (the samples are printed one after another at the end)")
+    if args.seed < 0:
+        raise MiniGPTError(f"--seed must be at least 0, got {args.seed}")
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(device, args.dtype)
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> int:
     for row in range(args.num_samples):
         pieces[row].append(texts[row].flush())
     if live:
-        print(pieces[0][-1])
+        print(pieces[0][-1])  # what was held back to the end, and the closing newline
     else:
         for row in range(args.num_samples):
             if row:

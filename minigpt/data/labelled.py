@@ -5,32 +5,41 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from ..errors import MiniGPTError
 from .padding import pad, truncate
-from .tokenizers import Tokenizer
+from .tokenizers import EOT_TEXT, Tokenizer
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")  # auto: from the file extension
 
 
 @dataclass
 class LabelledText:
+    """(text, label) rows read from a file. With several text columns, ``parts`` keeps each row's
+    columns and ``texts`` holds them joined by ``separator``."""
+
     texts: list[str]
     labels: list[str]
     source: str
-    lines: list[int] = field(default_factory=list)  # line number of each row in the file
-    skipped: list[int] = field(default_factory=list)  # line numbers of bad rows that were skipped
+    lines: list[int] = field(default_factory=list)  # the line in the file where each row starts
+    skipped: list[int] = field(default_factory=list)  # lines of bad rows that were skipped
+    parts: list[tuple[str, ...]] | None = None
+    separator: str = "\n"
 
     def subset(self, indices: Sequence[int]) -> "LabelledText":
+        parts = [self.parts[i] for i in indices] if self.parts is not None else None
         return LabelledText([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.source,
-                            [self.lines[i] for i in indices])
+                            [self.lines[i] for i in indices], parts=parts, separator=self.separator)
 
     def check_labels(self, names: Sequence[str]) -> None:
         """Every label must be one of ``names`` (the classes seen in training)."""
@@ -40,15 +49,51 @@ class LabelledText:
                 raise MiniGPTError(f"{self.source}:{line}: label {label!r} is not one of the classes {list(names)}")
 
 
-def _column(header: list[str] | None, spec: str | int, path: Path, role: str) -> int:
+def _column(header: list[str] | None, spec: str, path: Path, role: str) -> int:
     """A column given by name (files with a header) or by 0-based index."""
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+    spec = str(spec).strip()
+    if spec.isdigit():
         return int(spec)
     if header is None:
         raise MiniGPTError(f"{path}: has no header, so the {role} column must be a 0-based index, got {spec!r}")
     if spec not in header:
         raise MiniGPTError(f"{path}: no {role} column {spec!r}; the columns are {header}")
     return header.index(spec)
+
+
+def _records(path: Path, fmt: str) -> Iterator[tuple[int, list[str] | dict]]:
+    """(line where the record starts, fields) for each record of a CSV, TSV or JSONL file.
+
+    CSV is read by the csv module from the file itself, so a quoted field may hold newlines; TSV
+    and JSONL are one record per line (only \\n, \\r\\n or \\r end a line, never U+2028 inside a text).
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="" if fmt == "csv" else None) as f:
+            if fmt == "csv":
+                reader = csv.reader(f, strict=True)
+                start = 1
+                try:
+                    for row in reader:
+                        yield start, row
+                        start = reader.line_num + 1
+                except csv.Error as err:
+                    raise MiniGPTError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+                return
+            for line_no, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if fmt == "tsv":
+                    yield line_no, line.split("\t")
+                elif line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise MiniGPTError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+                    if not isinstance(row, dict):
+                        raise MiniGPTError(f"{path}:{line_no}: a JSON {type(row).__name__}, not an object with the "
+                                           f"text and label keys")
+                    yield line_no, row
+    except UnicodeDecodeError as err:
+        raise MiniGPTError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def read_labelled(
@@ -58,69 +103,93 @@ def read_labelled(
     fmt: str = "auto",
     header: bool = True,
     skip_bad_rows: bool = False,
+    separator: str = "\n",
 ) -> LabelledText:
     """Read (text, label) rows from a .csv (RFC 4180 quoting), .tsv (tab-separated, no quoting, as
-    SST-2 and the SMS Spam Collection are written) or .jsonl file. A row with a missing or empty
-    text or label is an error naming its line, or is skipped and counted with ``skip_bad_rows``."""
+    SST-2 and the SMS Spam Collection are written) or .jsonl file.
+
+    ``text_column`` names one column, or several separated by commas ("title,description"), whose
+    texts are then joined by ``separator``. A row with a missing or empty text or label is an error
+    naming its line, or is skipped (and counted in ``skipped``) with ``skip_bad_rows``.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise MiniGPTError(f"data file {path} is a folder, not a file")
     if not path.is_file():
         raise MiniGPTError(f"data file not found: {path}")
     if fmt == "auto":
         fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower(), "tsv")
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise MiniGPTError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    if not raw.strip():
-        raise MiniGPTError(f"{path}: the file is empty")
-    data = LabelledText([], [], str(path))
-
-    def add(line_no: int, text, label) -> None:
-        text = text.strip() if isinstance(text, str) else text
-        label = str(label).strip() if label is not None else ""
-        if not text or not isinstance(text, str) or not label:
-            if skip_bad_rows:
-                data.skipped.append(line_no)
-                return
-            what = "text" if not text or not isinstance(text, str) else "label"
-            raise MiniGPTError(f"{path}:{line_no}: missing {what} (use skip_bad_rows to skip such rows)")
-        data.texts.append(text)
-        data.labels.append(label)
-        data.lines.append(line_no)
-
-    if fmt == "jsonl":
-        for line_no, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise MiniGPTError(f"{path}:{line_no}: not a JSON object") from None
-            for spec in (text_column, label_column):
-                if spec not in row:
-                    raise MiniGPTError(f"{path}:{line_no}: no key {spec!r}; the keys are {sorted(row)}")
-            add(line_no, row[text_column], row[label_column])
-    elif fmt in ("csv", "tsv"):
-        lines = raw.splitlines()
-        if fmt == "csv":
-            rows = list(csv.reader(lines))
-        else:
-            rows = [line.split("\t") for line in lines]
-        names = rows[0] if header else None
-        t_col, l_col = _column(names, text_column, path, "text"), _column(names, label_column, path, "label")
-        first = 1 if header else 0
-        for line_no, row in enumerate(rows[first:], start=first + 1):
-            if not row or row == [""]:
-                continue
-            if fmt == "tsv" and len(row) > max(t_col, l_col) + 1 and t_col == len(names or row) - 1:
-                row = row[:t_col] + ["\t".join(row[t_col:])]  # a tab inside the last (text) column
-            get = lambda i: row[i] if i < len(row) else None
-            add(line_no, get(t_col), get(l_col))
-    else:
+    if fmt not in FORMATS:
         raise MiniGPTError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    text_specs = [t.strip() for t in str(text_column).split(",") if t.strip()]
+    if not text_specs:
+        raise MiniGPTError(f"text_column is empty; name the column(s) that hold the text")
+    data = LabelledText([], [], str(path), parts=[] if len(text_specs) > 1 else None, separator=separator)
+    records = _records(path, fmt)
+    columns = None  # (text column indices, label column index) for CSV/TSV
+    if fmt != "jsonl":
+        names = None
+        if header:
+            first = next(records, None)
+            if first is None:
+                raise MiniGPTError(f"{path}: the file is empty")
+            names = [n.strip() for n in first[1]]
+        text_cols, label_col = [_column(names, t, path, "text") for t in text_specs], _column(names, label_column, path, "label")
+        last = len(names) - 1 if names else max(*text_cols, label_col)  # the last column the file (or this read) has
+        columns = text_cols, label_col, last
+    for line_no, row in records:
+        if columns is None:  # JSONL: keys by name
+            for key in (*text_specs, label_column):
+                if key not in row:
+                    raise MiniGPTError(f"{path}:{line_no}: no key {key!r}; the keys are {sorted(row)}")
+            texts, label = [row[k] for k in text_specs], row[label_column]
+        else:
+            if not row or row == [""]:
+                continue  # a blank line
+            text_cols, label_col, last = columns
+            if fmt == "tsv" and text_cols == [last] and len(row) > last + 1:
+                row = row[:last] + ["\t".join(row[last:])]  # a tab inside the last column, the text
+            texts = [row[i] if i < len(row) else None for i in text_cols]
+            label = row[label_col] if label_col < len(row) else None
+        _add_row(data, path, line_no, texts, label, skip_bad_rows)
     if not data.texts:
-        raise MiniGPTError(f"{path}: no usable rows")
+        raise MiniGPTError(f"{path}: no usable rows" if data.skipped or fmt == "jsonl" or not header
+                           else f"{path}: the file has a header line and no rows")
+    if data.skipped:
+        log.warning(f"{path}: skipped {len(data.skipped)} rows with a missing text or label (lines "
+                    f"{', '.join(map(str, data.skipped[:10]))}{' ...' if len(data.skipped) > 10 else ''})")
+    if not header and fmt != "jsonl":
+        _check_no_header_row(data, path)
     return data
+
+
+def _add_row(data: LabelledText, path: Path, line_no: int, texts: list, label, skip_bad_rows: bool) -> None:
+    texts = [t.strip() if isinstance(t, str) else t for t in texts]
+    label = str(label).strip() if label is not None and not isinstance(label, (dict, list)) else ""
+    bad_text = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t), None)
+    if bad_text is not None or not label:
+        if skip_bad_rows:
+            data.skipped.append(line_no)
+            return
+        what = "text" if bad_text is not None else "label"
+        raise MiniGPTError(f"{path}:{line_no}: missing {what} (use skip_bad_rows to skip such rows)")
+    data.texts.append(data.separator.join(texts))
+    data.labels.append(label)
+    data.lines.append(line_no)
+    if data.parts is not None:
+        data.parts.append(tuple(texts))
+
+
+def _check_no_header_row(data: LabelledText, path: Path) -> None:
+    """With ``header = false``, a first row whose label occurs nowhere else, in a file whose other
+    labels repeat, is almost surely a header line read as data."""
+    if data.lines[0] != 1 or len(data.labels) < 3:
+        return
+    counts = Counter(data.labels)
+    first = data.labels[0]
+    if counts[first] == 1 and all(n > 1 for label, n in counts.items() if label != first):
+        raise MiniGPTError(f"{path}:1: the label {first!r} occurs only on the first line: a header line? "
+                           f"Set header = true (or fix the line)")
 
 
 def label_map(labels: Sequence[str], given: Sequence[str] | None = None) -> list[str]:
@@ -176,11 +245,25 @@ def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:
 
 
 class EncodedTexts:
-    """Token ids and label ids of a split, batched on demand with right padding."""
+    """Token ids and label ids of a split, batched on demand with right padding.
+
+    Rows of several text columns joined by ``<|endoftext|>`` get the tokenizer's end-of-text token
+    between their columns (a text pair), not those characters as text.
+    """
 
     def __init__(self, data: LabelledText, tok: Tokenizer, names: Sequence[str], max_length: int, keep: str = "head"):
-        encode = getattr(tok, "encode_batch", None)
-        self.ids = encode(data.texts) if encode else [tok.encode(t) for t in data.texts]
+        if data.parts is not None and data.separator == EOT_TEXT:
+            if tok.eot_token is None:
+                raise MiniGPTError(f"{data.source}: text_separator {EOT_TEXT} needs a tokenizer with an end-of-text "
+                                   f"token; the {getattr(tok, 'kind', 'given')} tokenizer has none")
+            self.ids = [sum(([tok.eot_token] + tok.encode(p) for p in row[1:]), tok.encode(row[0])) for row in data.parts]
+        else:
+            encode = getattr(tok, "encode_batch", None)
+            self.ids = encode(data.texts) if encode else [tok.encode(t) for t in data.texts]
+        empty = next((i for i, x in enumerate(self.ids) if not x), None)
+        if empty is not None:
+            where = f"line {data.lines[empty]}" if data.lines else f"text {empty + 1}"
+            raise MiniGPTError(f"{data.source}: {where} encodes to no tokens; a text needs at least one character")
         self.labels = torch.tensor([list(names).index(label) for label in data.labels])
         self.max_length, self.keep = max_length, keep
         self.n_truncated = sum(len(x) > max_length for x in self.ids)

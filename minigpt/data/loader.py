@@ -1,7 +1,19 @@
-"""Reading prepared token files for training: ``meta.json``, the token arrays, and random windows."""
+"""Prepared data for training and evaluation: ``meta.json``, a split's token shards, random windows.
+
+A split is read as one sequence over its shards. Nothing is memory-mapped: each window is read
+with ``os.pread`` from a file kept open, so the trainer's resident memory does not grow with the
+corpus, however many batches it draws (nanoGPT issue #287). Three layouts are read:
+
+- minigpt's shards (``train_000000.bin`` ..., listed in meta.json; llm.c's header layout);
+- shards written by llm.c's or modded-nanogpt's FineWeb scripts (``*_train_*.bin``, ``*_val_*.bin``)
+  in a folder without meta.json, read as GPT-2 tokens;
+- the single ``train.bin`` / ``val.bin`` files of earlier minigpt versions (raw tokens), one shard each.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +21,29 @@ import torch
 
 from ..checkpoint import read_json
 from ..errors import MiniGPTError
+from .shards import HEADER_BYTES, LAYOUTS, read_header
+from .tokenizers import GPT2Tokenizer
+
+TOKEN_DTYPES = tuple(LAYOUTS)
+SAMPLE_CHUNKS, CHUNK_TOKENS = 64, 1 << 14  # the ids checked when a split is opened: 64 runs of 16 K spread over it
+SCAN_TOKENS = 1 << 24  # tokens read at a time when a whole shard is scanned
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    offset: int  # bytes before the first token (the header)
+    tokens: int
 
 
 def load_meta(data_dir: str | Path) -> dict:
+    """The description of a prepared data folder: its meta.json, or one made up for a folder of
+    llm.c GPT-2 shards that has none."""
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     if not meta_path.is_file():
+        if _foreign_shards(data_dir, "train"):
+            return {"tokenizer": GPT2Tokenizer().to_meta(), "vocab_size": 50257, "dtype": "uint16", "foreign": True}
         raise MiniGPTError(
             f"{data_dir}: no meta.json; prepare the data first: python -m minigpt.data --input TEXT --out {data_dir}"
         )
@@ -22,38 +51,173 @@ def load_meta(data_dir: str | Path) -> dict:
     for key in ("tokenizer", "vocab_size", "dtype"):
         if key not in meta:
             raise MiniGPTError(f"{meta_path}: missing key {key!r}")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise MiniGPTError(f"{meta_path}: dtype {meta['dtype']!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    if not isinstance(meta["vocab_size"], int) or meta["vocab_size"] < 1:
+        raise MiniGPTError(f"{meta_path}: vocab_size {meta['vocab_size']!r} is not a positive integer")
     return meta
 
 
-def open_tokens(data_dir: str | Path, split: str, meta: dict) -> np.memmap:
-    path = Path(data_dir) / f"{split}.bin"
+def _foreign_shards(data_dir: Path, split: str) -> list[Path]:
+    return sorted(p for p in data_dir.glob(f"*{split}_*.bin") if p.is_file()) if data_dir.is_dir() else []
+
+
+class TokenShards:
+    """One split's tokens as one sequence over its shard files, read on demand."""
+
+    def __init__(self, shards: list[Shard], dtype: np.dtype, name: str):
+        self.shards, self.dtype, self.name = shards, np.dtype(dtype), name
+        self.starts = np.cumsum([0] + [s.tokens for s in shards])  # global index of each shard's first token
+        self._files: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
+
+    def read_shard(self, index: int, start: int, length: int) -> np.ndarray:
+        """``length`` tokens of shard ``index`` from its token ``start``."""
+        shard = self.shards[index]
+        if index not in self._files:
+            self._files[index] = os.open(shard.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        data = os.pread(self._files[index], length * size, shard.offset + start * size)
+        if len(data) != length * size:
+            raise MiniGPTError(f"{shard.path}: ends before token {start + length:,}; it changed or was truncated")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the whole split, across shard boundaries."""
+        parts, end = [], start + length
+        while start < end:
+            index = int(np.searchsorted(self.starts, start, side="right")) - 1
+            stop = min(end, int(self.starts[index + 1]))
+            parts.append(self.read_shard(index, start - int(self.starts[index]), stop - start))
+            start = stop
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def check_ids(self, vocab_size: int, everything: bool = False) -> None:
+        """Every id below ``vocab_size``: all of them, or SAMPLE_CHUNKS runs spread over each shard."""
+        for index, shard in enumerate(self.shards):
+            n = shard.tokens
+            if everything or n <= SAMPLE_CHUNKS * CHUNK_TOKENS:
+                runs = [(s, min(n, s + SCAN_TOKENS)) for s in range(0, n, SCAN_TOKENS)]
+            else:
+                step = (n - CHUNK_TOKENS) // (SAMPLE_CHUNKS - 1)
+                runs = [(i * step, i * step + CHUNK_TOKENS) for i in range(SAMPLE_CHUNKS)]
+            for begin, end in runs:
+                ids = self.read_shard(index, begin, end - begin)
+                if ids.size and int(ids.max()) >= vocab_size:
+                    where = begin + int(np.argmax(ids >= vocab_size))
+                    raise MiniGPTError(f"{shard.path}: token {where:,} has id {int(ids[where - begin])}, outside the "
+                                       f"vocabulary of {vocab_size:,}; the file does not belong to this meta.json "
+                                       f"(prepare the data again)")
+
+    def positions_of(self, token: int, index: int) -> np.ndarray:
+        """Where ``token`` occurs in shard ``index`` (scanned in pieces)."""
+        n, found = self.shards[index].tokens, []
+        for begin in range(0, n, SCAN_TOKENS):
+            found.append(begin + np.flatnonzero(self.read_shard(index, begin, min(SCAN_TOKENS, n - begin)) == token))
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def open_split(data_dir: str | Path, split: str, meta: dict, verify: bool = False) -> TokenShards:
+    """The shards of ``split``, checked against meta.json: each holds the tokens it should, and its
+    ids lie in the vocabulary (a sample of them, all with ``verify``)."""
+    data_dir = Path(data_dir)
+    dtype = np.dtype(meta["dtype"])
+    if "splits" in meta:
+        shards = []
+        for entry in meta["splits"][split]["shards"]:
+            path = data_dir / entry["file"]
+            if not path.is_file():
+                raise MiniGPTError(f"{path} not found; meta.json lists it (prepare the data again)")
+            file_dtype, count = read_header(path)
+            if count != entry["tokens"] or file_dtype != dtype:
+                raise MiniGPTError(f"{path} holds {count:,} {file_dtype.name} tokens but meta.json says "
+                                   f"{entry['tokens']:,} {dtype.name}: from another preparation (prepare the data again)")
+            shards.append(Shard(path, HEADER_BYTES, count))
+    elif meta.get("foreign"):
+        paths = _foreign_shards(data_dir, split)
+        if not paths:
+            raise MiniGPTError(f"{data_dir}: no *{split}_*.bin shards")
+        shards = []
+        for path in paths:
+            file_dtype, count = read_header(path)
+            if file_dtype != dtype:
+                raise MiniGPTError(f"{path}: {file_dtype.name} tokens; without a meta.json only GPT-2 (uint16) shards are read")
+            shards.append(Shard(path, HEADER_BYTES, count))
+    else:
+        shards = [_legacy_shard(data_dir, split, meta, dtype)]
+    if not any(s.tokens for s in shards):
+        raise MiniGPTError(f"{data_dir}: the {split} split holds no tokens (prepare the data with more text)")
+    tokens = TokenShards(shards, dtype, f"{data_dir / split}")
+    tokens.check_ids(meta["vocab_size"], everything=verify)
+    return tokens
+
+
+def _legacy_shard(data_dir: Path, split: str, meta: dict, dtype: np.dtype) -> Shard:
+    """The raw ``{split}.bin`` of an earlier minigpt version, checked against meta.json."""
+    path = data_dir / f"{split}.bin"
     if not path.is_file():
         raise MiniGPTError(f"{path} not found; prepare the data first (python -m minigpt.data --help)")
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise MiniGPTError(f"{path}: {size:,} bytes is not a whole number of {dtype.name} tokens; the file is damaged "
+                           f"(prepare the data again)")
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and size // dtype.itemsize != expected:
+        raise MiniGPTError(f"{path} holds {size // dtype.itemsize:,} tokens but meta.json says {expected:,}: it is "
+                           f"truncated or from another preparation (prepare the data again)")
+    return Shard(path, 0, size // dtype.itemsize)
 
 
-class RandomWindows:
-    """Random (x, y) windows of ``block_size`` tokens from a token array; y is x shifted by one.
+def to_device(window: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) from one (B, T + 1) block of ids: copied to the device once, contiguous and pinned on the
+    way to a GPU (so the copy can overlap compute), widened to int64 there, then sliced."""
+    block = torch.from_numpy(np.ascontiguousarray(window, dtype=np.int32))  # (B, T + 1)
+    if device.type == "cuda":
+        block = block.pin_memory().to(device, non_blocking=True)
+    else:
+        block = block.to(device)
+    block = block.long()
+    return block[:, :-1], block[:, 1:]  # (B, T) inputs and next-token targets
+
+
+class Windows:
+    """Random windows of ``block_size + 1`` tokens from a split, drawn across its shards in
+    proportion to their lengths; x is a window's first block_size tokens, y the same shifted by one.
 
     A batch is a pure function of its seed: the trainer seeds each one from the step number, so a
-    resumed run draws exactly the batches it would have drawn.
+    resumed run draws exactly the batches it would have drawn. With ``bos_token``, every window
+    starts at a document: at that token, which begins each document in minigpt's and llm.c's shards.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, device: torch.device):
-        if len(tokens) <= block_size + 1:
-            raise MiniGPTError(
-                f"split has {len(tokens)} tokens, fewer than block_size + 2 = {block_size + 2}; "
-                f"use a smaller block_size or more text"
-            )
-        self.tokens, self.block_size, self.device = tokens, block_size, device
+    def __init__(self, tokens: TokenShards, block_size: int, device: torch.device, bos_token: int | None = None):
+        self.tokens, self.block_size, self.device, self.bos = tokens, block_size, device, bos_token
+        span = block_size + 1
+        if bos_token is None:
+            counts = [max(0, s.tokens - span) for s in tokens.shards]  # window starts per shard
+            self.starts = None
+        else:
+            self.starts = [p[p + span <= s.tokens] for s, p in
+                           ((s, tokens.positions_of(bos_token, i)) for i, s in enumerate(tokens.shards))]
+            counts = [len(p) for p in self.starts]
+        if not sum(counts):
+            what = "documents that start a full window" if bos_token is not None else "tokens"
+            raise MiniGPTError(f"{tokens.name} has too few {what} for block_size + 2 = {block_size + 2} "
+                               f"({len(tokens):,} tokens); use a smaller block_size or more text")
+        self.cumulative = np.cumsum(counts)
 
     def batch(self, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        T = self.block_size
         generator = torch.Generator().manual_seed(seed)
-        starts = torch.randint(len(self.tokens) - T - 1, (batch_size,), generator=generator).tolist()
-        window = np.stack([self.tokens[s: s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
-        batch = torch.from_numpy(window)
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
-        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+        picks = torch.randint(int(self.cumulative[-1]), (batch_size,), generator=generator).tolist()
+        span, rows = self.block_size + 1, []
+        for g in picks:
+            index = int(np.searchsorted(self.cumulative, g, side="right"))
+            within = g - (int(self.cumulative[index - 1]) if index else 0)
+            start = within if self.starts is None else int(self.starts[index][within])
+            rows.append(self.tokens.read_shard(index, start, span))
+        return to_device(np.stack(rows), self.device)  # (B, T + 1) -> x, y

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
+import numpy as np
 import tiktoken
 
 from ..errors import MiniGPTError
@@ -25,6 +26,15 @@ TOKENIZER_KINDS = ("char", "gpt2")  # what corpus preparation and a classifier f
 # GPT-2's pre-tokenisation regex: contractions, letter runs, number runs, punctuation runs and
 # whitespace, each optionally led by one space (from the GPT-2 release, as tiktoken's "gpt2").
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class UnknownCharacter(MiniGPTError):
+    """A character outside a character vocabulary: ``char``, at index ``position`` of the text encoded."""
+
+    def __init__(self, char: str, position: int, vocab_size: int):
+        super().__init__(f"character {char!r} (U+{ord(char):04X}) at position {position} is not in this "
+                         f"character vocabulary of {vocab_size} characters")
+        self.char, self.position = char, position
 
 
 class Tokenizer(Protocol):
@@ -162,6 +172,9 @@ class CharTokenizer:
             raise MiniGPTError(f"the unknown character {unknown!r} must be in the vocabulary")
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}
+        order = sorted(range(len(chars)), key=lambda i: ord(chars[i]))
+        self._codes = np.array([ord(chars[i]) for i in order], dtype=np.uint32)  # sorted code points
+        self._ids = np.array(order, dtype=np.int64)  # the id of each
         self.unknown = unknown
         self.vocab_size: int = len(chars)
         self.eot_token: int | None = None
@@ -172,17 +185,20 @@ class CharTokenizer:
         return cls(sorted(set(text) | ({unknown} if unknown else set())), unknown)
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        if self.unknown is not None:
-            unk = self.stoi[self.unknown]
-            return [self.stoi.get(ch, unk) for ch in text]
-        try:
-            return [self.stoi[ch] for ch in text]
-        except KeyError:
-            pos = next(i for i, ch in enumerate(text) if ch not in self.stoi)
-            raise MiniGPTError(
-                f"character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} is not in this "
-                f"character vocabulary of {self.vocab_size} characters"
-            ) from None
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of ``text`` as an int64 array (vectorised: code points looked up in a sorted table)."""
+        codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)  # one per character
+        slot = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+        known = self._codes[slot] == codes
+        ids = self._ids[slot]
+        if not known.all():
+            if self.unknown is None:
+                pos = int(np.argmin(known))
+                raise UnknownCharacter(text[pos], pos, self.vocab_size)
+            ids = np.where(known, ids, self.stoi[self.unknown])
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] for i in ids)

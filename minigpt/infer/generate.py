@@ -15,6 +15,7 @@ so past ``block_size`` tokens the two can differ; up to ``block_size`` they are 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -67,7 +68,15 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                        min_p: float | None, repetition_penalty: float | None) -> None:
+                        min_p: float | None, repetition_penalty: float | None, stop_strings: Sequence[str] = ()) -> None:
+    """A ``MiniGPTError`` naming the first decoding control whose value cannot be used."""
+    def finite(name: str, value: float | None) -> None:
+        if value is not None and not math.isfinite(value):
+            raise MiniGPTError(f"{name} must be a finite number, got {value}")
+
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
+                        ("repetition_penalty", repetition_penalty)):
+        finite(name, value)
     if max_new_tokens < 1:
         raise MiniGPTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0:
@@ -80,6 +89,8 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
         raise MiniGPTError(f"min_p must be in [0, 1], got {min_p}")
     if repetition_penalty is not None and repetition_penalty <= 0:
         raise MiniGPTError(f"repetition_penalty must be positive, got {repetition_penalty}")
+    if any(s == "" for s in stop_strings):
+        raise MiniGPTError("a stop string is empty; every sample would stop at once (give the text to stop at)")
 
 
 # ----------------------------------------------------------------------------- batching
@@ -158,7 +169,7 @@ def stream(
     contains one of ``stop_strings``; the others go on. ``temperature=0`` or ``do_sample=False`` is
     greedy. ``step_logits``, if a list, receives each step's processed logits (B, V) (for tests).
     """
-    check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings)
     if stop_strings and decode is None:
         raise MiniGPTError("stop_strings need a decode function (the tokenizer's decode)")
     was_training = model.training

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -22,17 +24,17 @@ from ..model.model import GPT
 
 
 @torch.no_grad()
-def perplexity(model: GPT, ids: list[int], stride: int | None = None, batch_size: int = 8,
+def perplexity(model: GPT, ids: Sequence[int], stride: int | None = None, batch_size: int = 8,
                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                progress: bool = True) -> dict:
     """Sum of next-token negative log-likelihoods over ``ids`` with a sliding window."""
     T = model.config.block_size
-    stride = stride or T // 2
+    stride = T // 2 if stride is None else stride
     if not 0 < stride <= T:
         raise MiniGPTError(f"stride must be in [1, block_size={T}], got {stride}")
     if len(ids) < 2:
         raise MiniGPTError("need at least two tokens to measure perplexity")
-    data = torch.tensor(ids, dtype=torch.long)
+    data = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     # window k covers data[begin : begin + T + 1]; it scores the targets not scored by window k - 1
     windows, scored_until, begin = [], 0, 0
     while scored_until < len(data) - 1:
@@ -61,9 +63,16 @@ def perplexity(model: GPT, ids: list[int], stride: int | None = None, batch_size
     return {"tokens": total_tokens, "loss": loss, "perplexity": math.exp(loss), "nll_sum": total_nll}
 
 
-def score_text(model: GPT, tokenizer: Tokenizer, text: str, stride: int | None = None,
-               device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> dict:
-    """``perplexity`` of ``text`` under the model's tokenizer, plus bits per UTF-8 byte."""
-    result = perplexity(model, tokenizer.encode(text), stride, device=device, dtype=dtype)
-    result["bits_per_byte"] = result["nll_sum"] / math.log(2) / len(text.encode("utf-8"))
+def score_texts(model: GPT, tokenizer: Tokenizer, texts: Iterable[str], stride: int | None = None,
+                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> dict:
+    """``perplexity`` of documents read one after another (with the end-of-text token between them,
+    when the tokenizer has one), plus bits per UTF-8 byte."""
+    ids, n_bytes = [], 0
+    for text in texts:
+        if ids and tokenizer.eot_token is not None:
+            ids.append(tokenizer.eot_token)
+        ids.extend(tokenizer.encode(text))
+        n_bytes += len(text.encode("utf-8"))
+    result = perplexity(model, ids, stride, device=device, dtype=dtype)
+    result["bits_per_byte"] = result["nll_sum"] / math.log(2) / max(1, n_bytes)
     return result

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labelled import EncodedTexts, LabelledText
-from ..data.tokenizers import Tokenizer
+from ..data.tokenizers import EOT_TEXT, Tokenizer
 from ..model.model import GPT
 
 
@@ -69,9 +69,13 @@ def few_shot_prompts(texts: list[str], examples: list[tuple[str, str]], instruct
 def classify_texts(model: torch.nn.Module, tok: Tokenizer, texts: list[str], meta: dict,
                    device: torch.device) -> tuple[list[str], torch.Tensor]:
     """(predicted label, class probabilities (N, K)) of each text, under a classifier checkpoint's ``meta``
-    (its class names, max_length and truncation side)."""
+    (its class names, max_length and truncation side). For a classifier of text pairs (several text
+    columns joined by the end-of-text token), a tab separates the parts of each text."""
     names = meta["labels"]
-    data = LabelledText(texts, [names[0]] * len(texts), "input", list(range(1, len(texts) + 1)))  # labels unused
+    pairs = meta.get("text_columns", 1) > 1 and meta.get("text_separator") == EOT_TEXT
+    data = LabelledText(texts, [names[0]] * len(texts), "input",  # the labels are not used
+                        parts=[tuple(t.split("\t")) for t in texts] if pairs else None,
+                        separator=meta.get("text_separator", "\n"))
     probs = F.softmax(predict_logits(model, EncodedTexts(data, tok, names, meta["max_length"], meta["truncate"]),
                                      len(names), device), dim=-1)  # (N, K)
     return [names[i] for i in probs.argmax(dim=-1).tolist()], probs

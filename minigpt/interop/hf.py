@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, read_json, save_tensors, write_json
+from ..checkpoint import load_tensors, load_weights, read_json, save_tensors, write_json
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
 from ..model.model import GPT
@@ -42,21 +42,46 @@ def _config_from_hf(hf: dict, source: str) -> dict:
 
 
 def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder: model.safetensors, its sharded form, or pytorch_model.bin."""
     single, index, legacy = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if single.is_file():
         return load_tensors(single)
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_tensors(path / shard).items()}
+        return {k: v for shard in _shards(path, index) for k, v in load_tensors(shard).items()}
     if legacy.is_file():
-        return torch.load(legacy, map_location="cpu", weights_only=True)
+        try:  # weights_only: tensors and plain containers, never code from the file
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError, depending on the damage
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MiniGPTError(f"{legacy}: refused or unreadable as a weights-only pickle ({reason}); convert it to "
+                               f"safetensors (model.safetensors) with the program that wrote it") from None
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise MiniGPTError(f"{legacy}: not a state dict of tensors")
+        return state
     raise MiniGPTError(f"{path} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _shards(folder: Path, index: Path) -> list[Path]:
+    """The shard files an index names, each of which must lie in ``folder`` itself."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise MiniGPTError(f"{index}: no 'weight_map' object naming the shard of each tensor")
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = folder / str(name)
+        if Path(str(name)).is_absolute() or shard.resolve().parent != folder.resolve():
+            raise MiniGPTError(f"{index}: shard {name!r} lies outside {folder}; a shard must be a file in that folder")
+        shards.append(shard)
+    return shards
 
 
 def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **runtime) -> GPT:
     """Build a ``GPT`` from a GPT-2 config dict and its state dict (as ``GPT2LMHeadModel`` or
     ``GPT2Model`` name them). ``runtime`` sets run-time choices: ``dropout``, ``attn_backend``."""
-    config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
+    try:
+        config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
+    except MiniGPTError as err:
+        raise MiniGPTError(f"{source}: {err}") from None
     model = GPT(config)
     state = {}
     for key, tensor in hf_state.items():
@@ -68,10 +93,7 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
                 state["head.weight"] = tensor
             continue
         state["backbone." + key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (config.tie_weights and k == "head.weight")]
-    if missing or unexpected:
-        raise MiniGPTError(f"{source}: weights do not match the config: missing {missing}, unexpected {unexpected}")
+    load_weights(model, state, source, optional=["head.weight"] if config.tie_weights else [])
     return model
 
 

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config_io import check_choices, setting
+from ..config_io import AT_LEAST_1, UNIT, Range, check_settings, setting
 from ..errors import MiniGPTError
 
 ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
@@ -30,19 +30,19 @@ class GPTConfig:
     the 50,257-token GPT-2 vocabulary, LM head tied to the token embedding).
     """
 
-    vocab_size: int = setting(50257, "tokens in the vocabulary (set from the tokenizer)")
-    block_size: int = setting(1024, "context length in tokens")
-    n_layer: int = setting(12, "transformer blocks")
-    n_head: int = setting(12, "attention heads per block")
-    n_embd: int = setting(768, "channels of the residual stream")
+    vocab_size: int = setting(50257, "tokens in the vocabulary (set from the tokenizer)", within=AT_LEAST_1)
+    block_size: int = setting(1024, "context length in tokens", within=AT_LEAST_1)
+    n_layer: int = setting(12, "transformer blocks", within=AT_LEAST_1)
+    n_head: int = setting(12, "attention heads per block", within=AT_LEAST_1)
+    n_embd: int = setting(768, "channels of the residual stream (a multiple of n_head)", within=AT_LEAST_1)
     bias: bool = setting(True, "biases in Linear and LayerNorm layers (GPT-2 has them)")
     pos_embedding: str = setting("learned", "positional embedding", POSITIONAL_EMBEDDINGS)
     tie_weights: bool = setting(True, "the LM head shares its matrix with the token embedding")
-    layer_norm_eps: float = setting(1e-5, "epsilon of every LayerNorm")
+    layer_norm_eps: float = setting(1e-5, "epsilon of every LayerNorm", within=Range(0, 1, low_open=True, high_open=True))
     activation: str = setting("gelu_tanh", "MLP activation: GPT-2's tanh GELU, or the exact one (faster on some CPUs)",
                               ACTIVATIONS)
     # run-time choices (RUNTIME_FIELDS)
-    dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches")
+    dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches", within=UNIT)
     attn_backend: str = setting("sdpa", "attention: fused kernel, or the explicit softmax written out",
                                 ATTENTION_BACKENDS)
 
@@ -55,19 +55,11 @@ class GPTConfig:
 
     def validate(self) -> None:
         """Raise ``MiniGPTError`` naming the first field whose value is not usable."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise MiniGPTError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        check_settings(self, prefix="GPTConfig.")
         if self.n_embd % self.n_head != 0:
             raise MiniGPTError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by GPTConfig.n_head ({self.n_head})"
             )
-        if not 0.0 <= float(self.dropout) < 1.0:  # also false for NaN
-            raise MiniGPTError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0 < self.layer_norm_eps < 1:
-            raise MiniGPTError(f"GPTConfig.layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
-        check_choices(self, prefix="GPTConfig.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_tensors, read_safetensors_metadata, save_tensors
+from ..checkpoint import load_tensors, load_weights, read_safetensors_metadata, save_tensors
 from ..errors import MiniGPTError
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
@@ -256,6 +256,6 @@ class GPTClassifier(nn.Module):
         if head.spec()["n_embd"] != self.backbone.config.n_embd:
             raise MiniGPTError(f"{path}: head expects {head.spec()['n_embd']} channels, "
                                f"backbone has {self.backbone.config.n_embd}")
-        head.load_state_dict(load_tensors(path))
+        load_weights(head, load_tensors(path), str(path))
         self.add_head(name, head.to(self.backbone.wte.weight.device), use)
         return meta

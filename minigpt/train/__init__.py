@@ -19,7 +19,12 @@ SCHEMAS = {"pretrain": PretrainConfig, "classify": ClassifyConfig}  # task -> it
 def config_class(toml_path: str | Path | None, overrides: Sequence[str] = ()) -> type:
     """The schema a config follows, by its task: a ``--task=`` override first, then the file's
     ``task`` key, else pretraining."""
-    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("--task=")), None)
+    task = None
+    for i, item in enumerate(overrides):
+        if item.startswith("--task="):
+            task = item.split("=", 1)[1]
+        elif item == "--task" and i + 1 < len(overrides):
+            task = overrides[i + 1]
     if task is None and toml_path is not None:
         task = read_toml(toml_path).get("task", "pretrain")
     if task is None:

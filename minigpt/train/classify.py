@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import write_json
-from ..config_io import build_config, read_toml, setting
+from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
 from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
                              read_labelled, stratified_split)
 from ..data.padding import TRUNCATIONS
@@ -31,7 +31,7 @@ from ..model.heads import POOLINGS, ClassificationHead
 from ..model.lora import apply_lora
 from ..model.model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
 from .config import LoopConfig, ModelFields
-from .loop import Task, batch_seed, distributed, fit
+from .loop import Task, batch_seed, distributed, fit, prepare_out_dir
 from .plots import plot_confusion
 
 STRATEGIES = ("full", "head", "last_n", "lora")  # what trains: everything | the head | the last blocks | LoRA adapters
@@ -52,7 +52,10 @@ class ClassifyConfig(LoopConfig, ModelFields):
     test_file: str = setting("", "test file; empty: split it off train_file when val_file is empty too")
     format: str = setting("auto", "file format (auto: from the extension)", FORMATS)
     header: bool = setting(True, "the first line names the columns (csv/tsv)")
-    text_column: str = setting("text", "column name (or 0-based index without a header) of the text")
+    text_column: str = setting("text", "column name (or 0-based index without a header) of the text; several, "
+                                       "comma-separated, are joined by text_separator")
+    text_separator: str = setting("\n", "joins several text columns; <|endoftext|> puts the tokenizer's end-of-text "
+                                         "token between them (for text pairs)")
     label_column: str = setting("label", "column name (or 0-based index without a header) of the label")
     labels: str = setting("", "comma-separated class names in id order (default: sorted labels of the data)")
     skip_bad_rows: bool = setting(False, "skip rows with a missing text or label (counted) instead of failing")
@@ -60,27 +63,27 @@ class ClassifyConfig(LoopConfig, ModelFields):
     split_seed: int = setting(123, "seed of the stratified split (and of downsampling)")
     balance: str = setting("none", "downsample: every class to the smallest before splitting; class_weights: in the "
                                    "loss; sampler: classes drawn equally often", BALANCES)
-    max_length: int = setting(0, "tokens per text after truncation (0: block_size)")
+    max_length: int = setting(0, "tokens per text after truncation (0: block_size)", within=AT_LEAST_0)
     truncate: str = setting("head", "which end of a long text to keep", TRUNCATIONS)
     # model
     init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir, or a Hugging Face GPT-2 folder")
     tokenizer: str = setting("gpt2", "for init_from=scratch (char: vocabulary from the training texts; other "
                                      "characters read as U+FFFD)", TOKENIZER_KINDS)
     pooling: str = setting("last", "which real tokens the head reads", POOLINGS)
-    head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)")
-    head_dropout: float = setting(0.0, "dropout before the head's output layer")
+    head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)", within=AT_LEAST_0)
+    head_dropout: float = setting(0.0, "dropout before the head's output layer", within=UNIT)
     strategy: str = setting("full", "what trains (head: backbone frozen; last_n: last n_last blocks + final norm)",
                             STRATEGIES)
-    n_last: int = setting(1, "blocks trained with strategy=last_n")
-    lora_rank: int = setting(8, "LoRA rank r")
-    lora_alpha: float = setting(16.0, "LoRA alpha (update scaled by alpha / r)")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA input")
+    n_last: int = setting(1, "blocks trained with strategy=last_n", within=AT_LEAST_1)
+    lora_rank: int = setting(8, "LoRA rank r", within=AT_LEAST_1)
+    lora_alpha: float = setting(16.0, "LoRA alpha (update scaled by alpha / r)", within=POSITIVE)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input", within=UNIT)
     lora_targets: str = setting("c_attn,attn.c_proj", "comma-separated layer names to wrap with LoRA")
-    head_lr_scale: float = setting(1.0, "the head learns at learning_rate x this")
+    head_lr_scale: float = setting(1.0, "the head learns at learning_rate x this", within=POSITIVE)
     # selection
-    epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set")
+    epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set", within=AT_LEAST_0)
     metric: str = setting("accuracy", "val metric for the best checkpoint and early stopping", METRICS)
-    patience: int = setting(0, "stop after this many evaluations without a better metric (0: off)")
+    patience: int = setting(0, "stop after this many evaluations without a better metric (0: off)", within=AT_LEAST_0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,8 +95,6 @@ class ClassifyConfig(LoopConfig, ModelFields):
         fractions = self.split_fractions
         if len(fractions) not in (2, 3) or abs(sum(fractions) - 1) > 1e-6:
             raise MiniGPTError(f"split must be 2 or 3 fractions summing to 1, got {self.split!r}")
-        if self.patience < 0 or self.n_last < 1 or self.lora_rank < 1 or self.max_length < 0:
-            raise MiniGPTError("patience must be ≥ 0 and n_last, lora_rank ≥ 1, max_length ≥ 0")
 
     @property
     def split_fractions(self) -> list[float]:
@@ -117,7 +118,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
 def load_splits(cfg: ClassifyConfig) -> tuple[LabelledText, LabelledText, LabelledText | None, list[str]]:
     """(train, val, test or None, class names) as the config asks."""
     def read(path: str) -> LabelledText:
-        return read_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header, cfg.skip_bad_rows)
+        return read_labelled(path, cfg.text_column, cfg.label_column, cfg.format, cfg.header, cfg.skip_bad_rows,
+                             cfg.text_separator)
 
     data = read(cfg.train_file)
     names = label_map(data.labels, cfg.class_names)
@@ -130,6 +132,10 @@ def load_splits(cfg: ClassifyConfig) -> tuple[LabelledText, LabelledText, Labell
         parts = stratified_split(data.labels, cfg.split_fractions, cfg.split_seed)
         train, val = data.subset(parts[0]), data.subset(parts[1])
         test = data.subset(parts[2]) if len(parts) == 3 else (read(cfg.test_file) if cfg.test_file else None)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if part is not None and not part.texts:
+            raise MiniGPTError(f"{cfg.train_file}: the {name} split is empty ({len(data.texts)} rows split "
+                               f"{cfg.split}); give more rows or other split fractions")
     for part in (val, test):
         if part is not None:
             part.check_labels(names)
@@ -214,6 +220,7 @@ def finetune(cfg: ClassifyConfig) -> dict:
     The summary holds the loop's and ``report`` (the test report, as ``report.json``) and ``report_text``.
     """
     with distributed(cfg.device) as (ddp, device):
+        prepare_out_dir(cfg, ddp)
         dtype = resolve_dtype(device, cfg.dtype)
         seed_everything(cfg.seed)
         train, val, test, names = load_splits(cfg)
@@ -236,14 +243,13 @@ def finetune(cfg: ClassifyConfig) -> dict:
                   f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
         task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner)
         summary = fit(task, cfg, ddp, device, dtype)
-        if not ddp.master:
+        if not ddp.master or summary.get("eval_only"):
             return summary
     final, split = (test_enc, "test") if test_enc is not None else (val_enc, "val")
     model.eval()
     with autocast(device, dtype):
         report = evaluate_split(model, final, names, device)
-    report.update(split=split, n=len(final), best_iter=summary["iter_num"],
-                  **{k: summary[k] for k in ("best_score", "score_name")})
+    report.update(split=split, n=len(final), **{k: summary[k] for k in ("best_iter", "best_score", "score_name")})
     summary.update(test_accuracy=report["accuracy"], report=report, **write_reports(Path(cfg.out_dir), report, names, cfg))
     return summary
 
@@ -271,6 +277,7 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
 
     meta = {"task": "classify", "model_config": model.backbone.config.to_dict(), "tokenizer": tok.to_meta(),
             "labels": names, "head": model.head.spec(), "max_length": train.max_length, "truncate": cfg.truncate,
+            "text_columns": len(cfg.text_column.split(",")), "text_separator": cfg.text_separator,
             "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
     return Task(
         model=model, optimizer=optimizer_for(model, cfg, device), batch=batch,

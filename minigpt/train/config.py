@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config_io import check_choices, setting
+from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, check_settings, setting
 from ..device import DEVICE_HELP, DTYPES
 from ..errors import MiniGPTError
 from ..model.config import RUNTIME_FIELDS, GPTConfig
@@ -25,40 +25,44 @@ class LoopConfig:
     task: str = setting("pretrain", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
     out_dir: str = setting("out", "where checkpoints, metrics.jsonl and plots are written")
     resume: bool = setting(False, "continue from out_dir/ckpt_last (weights, optimizer, RNG, data order)")
+    overwrite: bool = setting(False, "start afresh in an out_dir that holds a run: its checkpoints, metrics and "
+                                     "plots are deleted first")
     # optimisation
-    batch_size: int = setting(12, "sequences per micro-batch (per process)")
-    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, summed over all processes")
-    max_iters: int = setting(2000, "optimizer steps in total")
-    learning_rate: float = setting(1e-3, "peak learning rate")
-    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay")
-    warmup_iters: int = setting(100, "steps of linear warmup from 0 to learning_rate")
-    lr_decay_iters: int = setting(0, "steps over which the cosine decays to min_lr (0: max_iters)")
+    batch_size: int = setting(12, "sequences per micro-batch (per process)", within=AT_LEAST_1)
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, summed over all processes",
+                                               within=AT_LEAST_1)
+    max_iters: int = setting(2000, "optimizer steps in total", within=AT_LEAST_1)
+    learning_rate: float = setting(1e-3, "peak learning rate", within=POSITIVE)
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay (at most learning_rate)", within=AT_LEAST_0)
+    warmup_iters: int = setting(100, "steps of linear warmup from 0 to learning_rate", within=AT_LEAST_0)
+    lr_decay_iters: int = setting(0, "steps over which the cosine decays to min_lr (0: max_iters)", within=AT_LEAST_0)
     decay_lr: bool = setting(True, "warmup + cosine schedule; false keeps learning_rate constant")
-    weight_decay: float = setting(0.1, "AdamW weight decay on matrices and embeddings")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.99, "AdamW beta2")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices and embeddings", within=AT_LEAST_0)
+    beta1: float = setting(0.9, "AdamW beta1", within=UNIT)
+    beta2: float = setting(0.99, "AdamW beta2", within=UNIT)
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", within=AT_LEAST_0)
     # evaluation, logging, checkpoints
-    eval_interval: int = setting(250, "evaluate and checkpoint every this many steps")
-    eval_iters: int = setting(200, "batches averaged for each evaluation")
-    log_interval: int = setting(10, "steps between metrics.jsonl lines")
+    eval_interval: int = setting(250, "evaluate and checkpoint every this many steps", within=AT_LEAST_1)
+    eval_iters: int = setting(200, "batches averaged for each evaluation", within=AT_LEAST_1)
+    log_interval: int = setting(10, "steps between metrics.jsonl lines", within=AT_LEAST_1)
     eval_only: bool = setting(False, "evaluate the checkpoint in out_dir and exit")
     plot: bool = setting(True, "write plots (loss.png) at the end")
     # system
     device: str = setting("auto", DEVICE_HELP)
     dtype: str = setting("auto", "auto: bf16 on capable CUDA, else fp32; float16 is for CUDA", ("auto", *DTYPES))
     compile: bool = setting(False, "torch.compile the model")
-    seed: int = setting(1337, "random seed (data order, init, dropout)")
+    seed: int = setting(1337, "random seed (data order, init, dropout)", within=AT_LEAST_0)
     progress: bool = setting(True, "show a progress bar (on a terminal)")
 
     def __post_init__(self) -> None:
-        check_choices(self)  # every field declared with choices, the model keys' included
-        for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise MiniGPTError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
-            if getattr(self, name) < 0:
-                raise MiniGPTError(f"{name} must not be negative, got {getattr(self, name)}")
+        check_settings(self)  # every field of the final schema: types, choices, ranges, the model keys' included
+        if self.min_lr > self.learning_rate:
+            raise MiniGPTError(f"min_lr ({self.min_lr:g}) must not exceed learning_rate ({self.learning_rate:g}): "
+                               f"the cosine would climb instead of decaying")
+        if not self.out_dir:
+            raise MiniGPTError("out_dir is empty; name a folder for the checkpoints")
+        if self.resume and self.overwrite:
+            raise MiniGPTError("resume and overwrite exclude each other: continue the run in out_dir, or replace it")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

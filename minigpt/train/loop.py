@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import (BEST, LAST, Checkpoint, load_checkpoint, output_dir, remove_stale_temporaries,
+                          save_checkpoint)
 from ..device import autocast, keep_freed_host_memory, peak_dtype, resolve_device
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
@@ -38,8 +39,11 @@ from .plots import plot_losses
 log = logging.getLogger(__name__)
 
 
+RUN_FILES = (LAST, BEST, "metrics.jsonl", "loss.png", "report.json", "report.txt", "confusion.png")  # what a run writes
+
+
 class NonFiniteLoss(MiniGPTError):
-    """The loss became NaN or infinite; the last good checkpoint was left untouched."""
+    """The loss, an evaluation or the weights became NaN or infinite; no checkpoint was written over."""
 
 
 class Interrupted(Exception):
@@ -180,18 +184,54 @@ class Task:
     banner: str = ""  # one line logged at the start
 
 
-def check_architecture(ckpt: Checkpoint, meta: dict) -> None:
-    """A resumed checkpoint must have the architecture the config asks for (run-time choices may differ)."""
-    if "model_config" not in meta:
-        return
-    wanted = GPTConfig.from_dict(meta["model_config"])
-    saved = ckpt.meta.get("model_config")
-    if saved is None:
-        raise MiniGPTError(f"{ckpt.path}: the checkpoint has no model_config to compare with the config")
-    differences = GPTConfig.from_dict(saved).differences(wanted)
-    if differences:
-        raise MiniGPTError(f"{ckpt.path}: the checkpoint's architecture differs from the config's "
-                           f"(checkpoint != config): {'; '.join(differences)}")
+def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
+    """Check out_dir before a run reads or writes anything, so no run is lost to a forgotten flag.
+
+    A folder that holds a run is continued (``resume``) or replaced (``overwrite``: its files are
+    deleted first), never silently written over; ``resume`` and ``eval_only`` need its ckpt_last.
+    Temporary files that a killed run left behind are removed.
+    """
+    out = Path(cfg.out_dir)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if cfg.resume or cfg.eval_only:
+        if not (out / LAST).is_file():
+            also = f" (it holds {', '.join(held)})" if held else ""
+            raise MiniGPTError(f"{out}: no {LAST} to {'resume from' if cfg.resume else 'evaluate'}{also}")
+    elif held and not cfg.overwrite:
+        raise MiniGPTError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
+                           f"or replace it with --overwrite")
+    if ddp.master and not cfg.eval_only:
+        output_dir(out)
+        if cfg.overwrite:
+            for name in held:
+                (out / name).unlink()
+        remove_stale_temporaries(out, RUN_FILES)
+    return out
+
+
+def check_resumable(ckpt: Checkpoint, meta: dict, max_iters: int) -> None:
+    """A checkpoint to resume must have the config's architecture (run-time choices may differ) and
+    tokenizer, and stop short of max_iters."""
+    ckpt.require("iter_num")
+    if "model_config" in meta:
+        ckpt.require("model_config")
+        differences = GPTConfig.from_dict(ckpt.meta["model_config"]).differences(GPTConfig.from_dict(meta["model_config"]))
+        if differences:
+            raise MiniGPTError(f"{ckpt.path}: the checkpoint's architecture differs from the config's "
+                               f"(checkpoint != config): {'; '.join(differences)}")
+    if "tokenizer" in meta and ckpt.meta.get("tokenizer") != meta["tokenizer"]:
+        kinds = (ckpt.meta.get("tokenizer") or {}).get("kind"), meta["tokenizer"].get("kind")
+        raise MiniGPTError(f"{ckpt.path}: the checkpoint was trained with another tokenizer ({kinds[0]}) than the data "
+                           f"reads with ({kinds[1]}{', another vocabulary' if kinds[0] == kinds[1] else ''}); "
+                           f"resume on the data it was trained on")
+    if ckpt.meta["iter_num"] >= max_iters:
+        raise MiniGPTError(f"{ckpt.path} is at iteration {ckpt.meta['iter_num']} and max_iters is {max_iters}: "
+                           f"nothing left to train; raise max_iters to continue")
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """Whether every weight is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 class Run:
@@ -210,7 +250,7 @@ class Run:
         self.out_dir = Path(cfg.out_dir)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.model = task.model  # what is called: compiled and DDP-wrapped by start()
-        self.iter_num, self.best, self.bad_evals = 0, None, 0
+        self.iter_num, self.best, self.best_iter, self.bad_evals = 0, None, None, 0
         self.resumed_at: int | None = None  # no evaluation again at the step a resumed run starts from
         self.last_metrics: dict[str, float] = {}
         self.peak = float("nan")
@@ -222,14 +262,17 @@ class Run:
     def restore(self) -> None:
         """Continue from out_dir/ckpt_last: weights, optimizer moments, grad scaler, counters, RNG."""
         ckpt = load_checkpoint(self.out_dir / LAST)
-        check_architecture(ckpt, self.task.meta)
+        if self.cfg.eval_only:
+            ckpt.require("iter_num")
+        else:
+            check_resumable(ckpt, self.task.meta, self.cfg.max_iters)
         ckpt.load_model(self.task.model)
         if ckpt.optimizer_state() is not None and not self.cfg.eval_only:
             self.task.optimizer.load_state_dict(ckpt.optimizer_state())
         if ckpt.meta.get("scaler"):
             self.scaler.load_state_dict(ckpt.meta["scaler"])
         self.iter_num, self.best = ckpt.meta["iter_num"], ckpt.meta.get("best_score")
-        self.bad_evals = ckpt.meta.get("bad_evals", 0)
+        self.best_iter, self.bad_evals = ckpt.meta.get("best_iter"), ckpt.meta.get("bad_evals", 0)
         self.resumed_at = self.iter_num
         if self.ddp.master:
             set_rng_state(ckpt.rng, self.device)
@@ -250,7 +293,6 @@ class Run:
             keep_freed_host_memory()  # each step reuses its activation memory instead of faulting it in anew
         self.peak = measure_matmul_peak(self.device, peak_dtype(self.device, self.dtype), n=1024)
         if self.ddp.master:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             processes = f", {self.ddp.world_size} processes" if self.ddp.enabled else ""
             log.info(f"{self.task.banner} | {self.task.units_per_step:,} {self.task.unit}/step | {self.device}, "
                      f"{str(self.dtype).removeprefix('torch.')}{processes}")
@@ -273,18 +315,24 @@ class Run:
         return metrics
 
     def evaluate_and_checkpoint(self) -> bool:
-        """Evaluate, log, save last (and best); True when patience has run out."""
+        """Evaluate, log, save last (from the first step on) and best (from iteration 0 on); True when
+        patience has run out. Nothing is saved unless the evaluation and the weights are finite."""
         self.last_metrics = self.evaluate()
+        self.log_record({"iter": self.iter_num, self.units_key: self.units_seen, **self.last_metrics})
+        self.check_finite(f"the evaluation gave {format_metrics(self.last_metrics)}",
+                          all(math.isfinite(v) for v in self.last_metrics.values()))
         score = self.last_metrics[self.task.score]
         improved = self.best is None or (score > self.best if self.task.higher_is_better else score < self.best)
-        self.best, self.bad_evals = (score, 0) if improved else (self.best, self.bad_evals + 1)
-        self.log_record({"iter": self.iter_num, self.units_key: self.units_seen, **self.last_metrics})
+        if improved:
+            self.best, self.best_iter, self.bad_evals = score, self.iter_num, 0
+        else:
+            self.bad_evals += 1
         if self.ddp.master:
             log.info(f"iter {self.iter_num}: {format_metrics(self.last_metrics)}" + (" (best)" if improved else ""))
         if self.iter_num > 0:
             self.save(LAST)
-            if improved:
-                self.save(BEST)
+        if improved:
+            self.save(BEST)
         if self.task.patience and self.bad_evals >= self.task.patience:
             if self.ddp.master:
                 log.info(f"early stop: {self.task.score} has not improved for {self.bad_evals} evaluations "
@@ -292,11 +340,22 @@ class Run:
             return True
         return False
 
+    def check_finite(self, what: str, finite: bool) -> None:
+        """Stop (saving nothing) unless ``finite`` and every weight is finite."""
+        if finite and all_finite(self.task.model):
+            return
+        last = self.out_dir / LAST
+        raise NonFiniteLoss(
+            f"at iteration {self.iter_num} {what if not finite else 'the weights are no longer finite'}; stopped "
+            f"without saving. Last good checkpoint: {last if last.exists() else 'none yet'} "
+            f"(try a lower learning_rate or grad_clip)")
+
     def save(self, name: str) -> None:
         if not self.ddp.master:
             return
         meta = {**self.task.meta, "train_config": self.cfg.to_dict(), "iter_num": self.iter_num,
-                "score_name": self.task.score, "best_score": self.best, "bad_evals": self.bad_evals,
+                "score_name": self.task.score, "best_score": self.best, "best_iter": self.best_iter,
+                "bad_evals": self.bad_evals,
                 "units_seen": self.units_seen, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
         save_checkpoint(self.out_dir / name, self.task.model, meta, self.task.optimizer, rng_state(self.device))
 
@@ -381,8 +440,9 @@ class Run:
                 dist.barrier()  # rank 0 has finished writing it
             load_checkpoint(self.out_dir / BEST).load_model(self.task.model)
         png = plot_losses(self.out_dir) if self.ddp.master and self.cfg.plot else None
-        return {"iter_num": self.iter_num, "best_score": self.best, "score_name": self.task.score,
-                "stopped_early": stopped_early, **self.last_metrics, "out_dir": str(self.out_dir), "loss_png": png}
+        return {"iter_num": self.iter_num, "best_score": self.best, "best_iter": self.best_iter,
+                "score_name": self.task.score, "stopped_early": stopped_early, **self.last_metrics,
+                "out_dir": str(self.out_dir), "loss_png": png}
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -402,7 +462,8 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
         metrics = run.evaluate()
         if ddp.master:
             log.info(f"iter {run.iter_num}: {format_metrics(metrics)}")
-        return {"iter_num": run.iter_num, **metrics}
+        return {"iter_num": run.iter_num, "best_score": run.best, "best_iter": run.best_iter,
+                "score_name": task.score, "eval_only": True, **metrics, "out_dir": str(run.out_dir)}
     run.start()
     stopped_early = False
     with StopSignal() as stop:
@@ -415,6 +476,7 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
                 break
             run.step()
             if stop_requested(stop, ddp, device, at_boundary=run.iter_num % cfg.log_interval == 0):
+                run.check_finite("", True)
                 run.save(LAST)
                 run.bar.close()
                 raise Interrupted(run.iter_num, run.out_dir / LAST)

@@ -9,20 +9,25 @@ import torch
 import torch.distributed as dist
 
 from ..config_io import setting
+from ..data.loader import Windows, load_meta, open_split
+from ..data.tokenizers import tokenizer_from_meta
 from ..device import resolve_dtype, seed_everything
-from ..data.loader import RandomWindows, load_meta, open_tokens
 from ..errors import MiniGPTError
 from ..loading import load_model
 from ..model.model import GPT
 from .config import LoopConfig, ModelFields
-from .loop import Distributed, Task, batch_seed, distributed, fit
+from .loop import Distributed, Task, batch_seed, distributed, fit, prepare_out_dir
 
 
 @dataclass
 class PretrainConfig(LoopConfig, ModelFields):
     """Pretraining (``task = "pretrain"``): read from a TOML file in ``configs/``, then ``--key=value`` overrides."""
 
-    data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder holding train.bin, val.bin, meta.json")
+    data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder (python -m minigpt.data), or a "
+                                                        "folder of llm.c GPT-2 shards")
+    bos_aligned: bool = setting(False, "start every training window at a document (its end-of-text token)")
+    verify_data: bool = setting(False, "check every token id of the data against the vocabulary before training "
+                                       "(otherwise a sample is checked)")
     init_from: str = setting("", "continue pretraining from this checkpoint, out_dir or Hugging Face folder (fresh "
                                  "optimizer); its architecture replaces the model keys, except the run-time ones "
                                  "(dropout, attn_backend)")
@@ -43,8 +48,12 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
     else:
         model = GPT(cfg.model_config(vocab_size=meta["vocab_size"])).to(device)
     block_size = model.config.block_size
-    train_windows = RandomWindows(open_tokens(cfg.data_dir, "train", meta), block_size, device)
-    val_windows = RandomWindows(open_tokens(cfg.data_dir, "val", meta), block_size, device)
+    bos = tokenizer_from_meta(meta["tokenizer"]).eot_token if cfg.bos_aligned else None
+    if cfg.bos_aligned and bos is None:
+        raise MiniGPTError(f"bos_aligned needs a tokenizer with an end-of-text token; {cfg.data_dir} uses "
+                           f"{meta['tokenizer'].get('kind')!r}")
+    train_windows = Windows(open_split(cfg.data_dir, "train", meta, cfg.verify_data), block_size, device, bos)
+    val_windows = Windows(open_split(cfg.data_dir, "val", meta, cfg.verify_data), block_size, device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     tokens_per_step = cfg.batch_size * block_size * cfg.gradient_accumulation_steps
 
@@ -69,7 +78,7 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
         evaluate=evaluate, score="val_loss", higher_is_better=False,
         meta={"model_config": model.config.to_dict(), "tokenizer": meta["tokenizer"]},
         units_per_step=tokens_per_step, unit="tok", flops_per_step=model.flops_per_token() * tokens_per_step,
-        banner=f"model: {model.num_parameters():,} parameters{origin} | data: {meta['train_tokens']:,} train tokens "
+        banner=f"model: {model.num_parameters():,} parameters{origin} | data: {len(train_windows.tokens):,} train tokens "
                f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,})",
     )
 
@@ -87,6 +96,7 @@ def continued_model(cfg: PretrainConfig, meta: dict, device: torch.device) -> GP
 def train(cfg: PretrainConfig) -> dict:
     """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
     with distributed(cfg.device) as (ddp, device):
+        prepare_out_dir(cfg, ddp)
         summary = fit(pretrain_task(cfg, ddp, device), cfg, ddp, device, resolve_dtype(device, cfg.dtype))
     summary["best_val_loss"] = summary.pop("best_score", None)
     return summary
