@@ -2,7 +2,8 @@
 turns what training (or Hugging Face) wrote back into modules.
 
 A path is a training out_dir (its best checkpoint, else its last), a checkpoint file, or a Hugging
-Face GPT-2 folder (config.json + weights; it reads with the GPT-2 tokenizer). Run-time choices
+Face folder (config.json + weights) of a GPT-2 model (it reads with the bundled GPT-2 tokenizer) or
+of a Llama or Qwen2 model (with the folder's tokenizer.json). Run-time choices
 (``dropout``, ``attn_backend``) come from the caller, not from the file: see ``GPTConfig.with_runtime``.
 """
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
-from .data.tokenizers import GPT2Tokenizer, Tokenizer, tokenizer_from_meta
+from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, read_json
+from .data.tokenizers import GPT2Tokenizer, HFTokenizer, Tokenizer, tokenizer_from_meta
 from .errors import MiniGPTError
 from .interop.hf import load_hf
 from .model.config import GPTConfig
@@ -35,6 +36,14 @@ def _open(path: str | Path) -> Checkpoint | Path:
             raise MiniGPTError(f"{path} holds no minigpt checkpoint (ckpt_*.safetensors) nor a Hugging Face config.json")
         path = found
     return load_checkpoint(path)
+
+
+def hf_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a Hugging Face folder: GPT-2's own (bundled) for a GPT-2 model, else the folder's
+    tokenizer.json."""
+    if read_json(folder / "config.json").get("model_type", "gpt2") == "gpt2":
+        return GPT2Tokenizer()
+    return HFTokenizer.from_folder(folder)
 
 
 def model_config(ckpt: Checkpoint, **runtime) -> GPTConfig:
@@ -59,7 +68,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) 
     """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
     found = _open(path)
     if isinstance(found, Path):
-        return load_hf(found, **runtime).to(device).eval(), GPT2Tokenizer()
+        return load_hf(found, **runtime).to(device).eval(), hf_tokenizer(found)
     if found.meta.get("task") == "classify":
         raise MiniGPTError(f"{found.path} is a classifier checkpoint, not a language model; "
                            f"predict with it: python -m minigpt.classify --ckpt {path} TEXT")

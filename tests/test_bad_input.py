@@ -340,7 +340,7 @@ CASES = [
     ("data-val-fraction", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--val_fraction", "1.5"], "val_fraction must be in (0, 1), got 1.5"),
     ("data-val-fraction-nan", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--val_fraction", "nan"], "val_fraction must be in (0, 1), got nan"),
     ("data-char-unknown", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--char_unknown", "ab"], "--char_unknown takes one character"),
-    ("data-tokenizer", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--tokenizer", "bpe"], "argument --tokenizer: invalid choice: 'bpe'"),
+    ("data-tokenizer", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--tokenizer", "bpe"], "unknown tokenizer 'bpe'; expected char, gpt2, or the path"),
     ("data-texts-of-pretraining", "data", lambda ws, t: ["--texts_of", str(ws / "lm.toml"), "--out", str(t / "o")], "lm.toml: not a classification config"),
     ("data-jsonl-bad-line", "data", lambda ws, t: ["--input", str(write(t / "w.jsonl", '{"text": "a"}' + chr(10) + "{oops" + chr(10))), "--out", str(t / "o")], "w.jsonl:2: not valid JSON"),
     ("data-jsonl-no-field", "data", lambda ws, t: ["--input", str(write(t / "w.jsonl", '{"body": "a"}' + chr(10))), "--out", str(t / "o")], "w.jsonl:1: no key 'text' (--text_field)"),

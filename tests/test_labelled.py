@@ -75,3 +75,45 @@ def test_long_texts_are_truncated_to_max_length_and_counted():
     enc = EncodedTexts(data, CharTokenizer(["a", "b"]), ["x", "y"], max_length=10, keep="tail")
     ids, mask, labels = enc.batch([0, 1], torch.device("cpu"))
     assert enc.n_truncated == 1 and ids.shape == (2, 10) and mask.sum().item() == 13 and labels.tolist() == [0, 1]
+
+
+def test_a_quoted_csv_field_may_hold_newlines_and_errors_name_the_physical_line(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text('text,label\n"first line\nsecond line",x\n"one\n\ntwo\n",y\nplain,x\n,y\n', encoding="utf-8")
+    with pytest.raises(MiniGPTError, match=r"a.csv:9: missing text"):  # the 4th record starts on line 9
+        read_labelled(path)
+    data = read_labelled(path, skip_bad_rows=True)
+    assert data.texts == ["first line\nsecond line", "one\n\ntwo", "plain"] and data.lines == [2, 4, 8]
+    assert data.skipped == [9]
+
+
+def test_u2028_inside_a_tsv_text_does_not_split_the_row(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_text("x\tline one\u2028still one\ny\ttwo\n", encoding="utf-8")
+    data = read_labelled(path, text_column=1, label_column=0, header=False)
+    assert data.texts == ["line one\u2028still one", "two"]
+
+
+def test_several_text_columns_are_joined_and_pairs_get_the_end_of_text_token(tmp_path):
+    path = tmp_path / "news.csv"
+    path.write_text("title,description,label\nRain,Wet week ahead,weather\nGoal,Late winner,sport\n", encoding="utf-8")
+    data = read_labelled(path, "title,description", "label", separator=" - ")
+    assert data.texts == ["Rain - Wet week ahead", "Goal - Late winner"]
+    assert data.parts == [("Rain", "Wet week ahead"), ("Goal", "Late winner")]
+    from minigpt.data.tokenizers import EOT_TEXT, GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    pairs = read_labelled(path, "title,description", "label", separator=EOT_TEXT)
+    encoded = EncodedTexts(pairs, tok, ["sport", "weather"], max_length=32)
+    assert encoded.ids[0] == tok.encode("Rain") + [tok.eot_token] + tok.encode("Wet week ahead")
+    with pytest.raises(MiniGPTError, match="needs a tokenizer with an end-of-text token"):
+        EncodedTexts(pairs, CharTokenizer.from_text("RainWetweekaheadGoalLatewinner "), ["sport", "weather"], 32)
+
+
+def test_skipped_rows_are_counted_aloud(tmp_path, caplog):
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\ngood,x\n,y\nfine,\nok,y\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="minigpt"):
+        data = read_labelled(path, skip_bad_rows=True)
+    assert data.skipped == [3, 4]
+    assert "a.csv: skipped 2 rows with a missing text or label (lines 3, 4)" in caplog.text

@@ -28,7 +28,7 @@ LAYERS = [
     ("base", ["minigpt.config_io", "minigpt.checkpoint", "minigpt.device", "minigpt.perf", "minigpt.metrics",
               "minigpt.errors"]),
 ]
-FUNCTION_LEVEL_OK = {"matplotlib", "transformers", "pyarrow"}  # optional extras, imported where they are used
+FUNCTION_LEVEL_OK = {"matplotlib", "transformers", "pyarrow", "tokenizers"}  # optional extras, imported where they are used
 
 
 def layer_of(module: str) -> int:

@@ -138,7 +138,7 @@ def test_sequence_longer_than_block_size_is_an_error():
     ("n_embd", 30, "n_embd"),             # not divisible by n_head=4
     ("attn_backend", "flash", "attn_backend"),
     ("block_size", 0, "block_size"),
-    ("pos_embedding", "rope", "pos_embedding"),
+    ("pos_embedding", "alibi", "pos_embedding"),
     ("dropout", 1.5, "dropout"),
     ("n_layer", 2.5, "n_layer"),
 ])

@@ -49,7 +49,9 @@ def parser() -> ArgumentParser:
                         help="the training texts (labels dropped, one document each) of a classification config: "
                              "in-domain text for continued pretraining (python train.py ... --init_from=...)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tokenizer", default="char", choices=TOKENIZER_KINDS, help="default: char")
+    p.add_argument("--tokenizer", default="char", metavar="|".join(TOKENIZER_KINDS) + "|PATH",
+                   help="char (the corpus's characters; the default), gpt2 (GPT-2's BPE, bundled), or the path of a "
+                        "Hugging Face folder or tokenizer.json (SmolLM, Qwen2, Llama 3, ...) for a model to continue")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of the documents held out for "
                        "validation (default 0.1)")

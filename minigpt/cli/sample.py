@@ -28,10 +28,11 @@ def read_prompt(args: argparse.Namespace) -> str:
 def parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python sample.py",
-        description="Generate text from a minigpt checkpoint (file or training out_dir) or a Hugging Face GPT-2 folder. "
+        description="Generate text from a minigpt checkpoint (file or training out_dir) or a Hugging Face folder "
+                    "(GPT-2, Llama, Qwen2). "
                     "The prompt comes from --prompt, --prompt_file, or standard input.",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face GPT-2 folder")
+    p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face folder (GPT-2, Llama, Qwen2)")
     p.add_argument("--prompt", help="text to continue (default: standard input if piped, else a newline)")
     p.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
     p.add_argument("--num_samples", type=int, default=1, help="independent samples, generated as one batch")
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
     dtype = resolve_dtype(device, args.dtype)
     model, tok = load_model(args.ckpt, device, attn_backend=args.attn_backend)
     prompt = read_prompt(args)
-    ids = tok.encode(prompt)
+    ids = ([tok.bos_token] if tok.bos_token is not None else []) + tok.encode(prompt)  # as the model saw texts begin
     if not ids:
         raise MiniGPTError("the prompt encodes to zero tokens; give at least one character")
     stop_ids = [] if args.no_eos_stop or tok.eot_token is None else [tok.eot_token]

@@ -11,8 +11,9 @@ writes fixed-size shards in llm.c's layout (``shards.py``) with a ``meta.json`` 
   position. ``val_tokens`` sets that fraction from the corpus's estimated size instead.
 - **Order.** Work units are cut at fixed places and their results consumed in order, so the
   output is the same byte for byte for any number of workers.
-- **Documents** begin with the end-of-text token when the tokenizer has one (as llm.c's FineWeb
-  shards do), so a window may start at a document (``bos_aligned`` in the loader).
+- **Documents** begin with the tokenizer's beginning-of-text token, or else its end-of-text token
+  (GPT-2's ``<|endoftext|>``, as in llm.c's FineWeb shards), so a window may start at a document
+  (``bos_aligned`` in the loader).
 - **Resumable.** A journal (``.prepare.json``) records, every few tens of megabytes and at each
   finished shard, how far the output is complete; run again after an interruption (even SIGKILL),
   preparation continues from there and ends byte-identical to an uninterrupted run.
@@ -163,12 +164,6 @@ def _init(plan: Plan, tokenizer_meta: dict | None) -> None:
     _worker["tok"] = tokenizer_from_meta(tokenizer_meta) if tokenizer_meta else None
 
 
-def _encode(tok: Tokenizer, text: str) -> np.ndarray:
-    if isinstance(tok, CharTokenizer):
-        return tok.encode_array(text)
-    return np.asarray(tok._enc.encode_ordinary(text), dtype=np.int64)  # GPT-2: no special tokens from text
-
-
 def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str, str, bool, object]]:
     """(split, text, begins a document, where) for the pieces of a unit; ``where(position)`` names
     the file and line of a character in the text."""
@@ -179,31 +174,34 @@ def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str,
             lambda pos: f"{source.path}:{line_number(source.path, unit.start + len(text[:pos].encode()))}"
         return
     for key, text, where in unit_records(source, unit, plan.text_field):
-        yield ("val" if draw(plan.seed, key) < plan.val_probability else "train"), text, True, lambda pos, w=where: w
+        yield ("val" if draw(plan.seed, key) < plan.val_probability else "train"), text, True, lambda pos, w=where: w()
 
 
 def _tokenize(job: tuple[Unit, str | None]) -> dict:
     """A unit's tokens per split (each document led by the end-of-text token), with its counts."""
     unit, split = job
     tok = _worker["tok"]
+    dtype = token_dtype(tok.vocab_size)
+    first = tok.bos_token if tok.bos_token is not None else tok.eot_token  # what begins each document
+    eot = np.array([first], dtype=dtype) if first is not None else None
     out = {name: {"ids": [], "documents": 0, "bytes": 0, "nonblank": 0} for name in SPLITS}
     try:
         for name, text, starts, where in _documents(_worker["plan"], unit, split):
             part = out[name]
-            if starts and tok.eot_token is not None:
-                part["ids"].append(np.array([tok.eot_token], dtype=np.int64))
+            if starts and eot is not None:
+                part["ids"].append(eot)
             try:
-                part["ids"].append(_encode(tok, text))
+                part["ids"].append(tok.encode_array(text))
             except UnknownCharacter as err:
                 raise MiniGPTError(f"{where(err.position)}: character {err.char!r} (U+{ord(err.char):04X}) is not in "
                                    f"the character vocabulary ({tok.vocab_size} characters)") from None
             part["documents"] += int(starts)
-            part["bytes"] += len(text.encode("utf-8"))
-            part["nonblank"] += int(bool(text.strip()))
+            part["bytes"] += len(text) if text.isascii() else len(text.encode("utf-8"))
+            part["nonblank"] += int(bool(text) and not text.isspace())
     except MiniGPTError as err:
         return {"error": str(err)}
-    for part in out.values():
-        part["ids"] = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, dtype=np.int64)
+    for part in out.values():  # in the shards' dtype: a quarter of int64's bytes to send back
+        part["ids"] = np.concatenate(part["ids"]).astype(dtype, copy=False) if part["ids"] else np.zeros(0, dtype)
     return out
 
 

@@ -261,6 +261,8 @@ class EncodedTexts:
             encode = getattr(tok, "encode_batch", None)
             self.ids = encode(data.texts) if encode else [tok.encode(t) for t in data.texts]
         empty = next((i for i, x in enumerate(self.ids) if not x), None)
+        if tok.bos_token is not None:  # the tokenizer puts it before every text, as in the model's pretraining
+            self.ids = [[tok.bos_token] + x if x else x for x in self.ids]
         if empty is not None:
             where = f"line {data.lines[empty]}" if data.lines else f"text {empty + 1}"
             raise MiniGPTError(f"{data.source}: {where} encodes to no tokens; a text needs at least one character")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import MiniGPTError
 
@@ -54,7 +55,7 @@ def find_sources(inputs: Sequence[str | Path]) -> list[Source]:
             found.append(Source(path, name, kind or "txt", path.stat().st_size))
 
     for item in inputs:
-        item = str(item)
+        item = os.path.expanduser(str(item))
         if any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
             if not matches:
@@ -187,9 +188,10 @@ def unit_text(source: Source, unit: Unit) -> str:
         raise MiniGPTError(f"{source.path}:{line}: not UTF-8 text (byte {unit.start + err.start}: {err.reason})") from None
 
 
-def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[str, str, str]]:
+def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[str, str, Callable[[], str]]]:
     """(document key, text, where) for each record of a JSONL or parquet unit. The key (file and
-    position) is what the train/val split is drawn from; ``where`` names the record in messages."""
+    position) is what the train/val split is drawn from; ``where()`` names the record in messages
+    (for a plain file it counts lines, so it is only called when something is wrong)."""
     if source.kind == "parquet":
         table = parquet_file(source.path).read_row_group(unit.start)
         if text_field not in table.column_names:
@@ -198,7 +200,7 @@ def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[
             if not isinstance(text, str):
                 raise MiniGPTError(f"{source.path}: row group {unit.start}, row {row}: {text_field!r} is "
                                    f"{type(text).__name__}, not text")
-            yield f"{source.name}#{unit.start}:{row}", text, f"{source.path}: row group {unit.start}, row {row}"
+            yield f"{source.name}#{unit.start}:{row}", text, lambda row=row: f"{source.path}: row group {unit.start}, row {row}"
         return
     if unit.data is not None:  # gzip (start counts decompressed bytes), or documents held in memory
         data = unit.data
@@ -214,7 +216,7 @@ def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[
         if not raw.strip():
             continue
 
-        def where() -> str:
+        def where(i=i, line_offset=line_offset) -> str:
             line = unit.first_line + i if unit.data is not None else line_number(source.path, unit.start + line_offset)
             return f"{source.path}:{line}"
 
@@ -231,4 +233,4 @@ def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[
         text = record[text_field]
         if not isinstance(text, str):
             raise MiniGPTError(f"{where()}: {text_field!r} is {type(text).__name__}, not text")
-        yield f"{name}@{unit.start + line_offset}", text, where()
+        yield f"{name}@{unit.start + line_offset}", text, where

@@ -21,7 +21,7 @@ import tiktoken
 from ..errors import MiniGPTError
 
 EOT_TEXT = "<|endoftext|>"
-TOKENIZER_KINDS = ("char", "gpt2")  # what corpus preparation and a classifier from scratch can build
+TOKENIZER_KINDS = ("char", "gpt2")  # what corpus preparation and a classifier from scratch build (or a tokenizer.json)
 
 # GPT-2's pre-tokenisation regex: contractions, letter runs, number runs, punctuation runs and
 # whitespace, each optionally led by one space (from the GPT-2 release, as tiktoken's "gpt2").
@@ -41,7 +41,8 @@ class Tokenizer(Protocol):
     """What the rest of minigpt needs from a tokenizer."""
 
     vocab_size: int
-    eot_token: int | None
+    eot_token: int | None  # ends a text (where a sample stops); None without one
+    bos_token: int | None  # put before every text (Llama's <s>); None for GPT-2 and characters
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
 
@@ -131,10 +132,15 @@ class GPT2Tokenizer:
         self._enc = _gpt2_encoding(str(self.encoder_json.resolve()), str(self.vocab_bpe.resolve()))
         self.vocab_size: int = self._enc.n_vocab
         self.eot_token: int | None = self._enc.eot_token
+        self.bos_token: int | None = None  # GPT-2 puts nothing before a text
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         allowed = {EOT_TEXT} if allow_special else set()
         return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of ``text`` as an array (uint32), with ``<|endoftext|>`` in the text read as text."""
+        return self._enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def encode_batch(self, texts: Iterable[str], allow_special: bool = False) -> list[list[int]]:
         allowed = {EOT_TEXT} if allow_special else set()
@@ -178,6 +184,7 @@ class CharTokenizer:
         self.unknown = unknown
         self.vocab_size: int = len(chars)
         self.eot_token: int | None = None
+        self.bos_token: int | None = None
 
     @classmethod
     def from_text(cls, text: str, unknown: str | None = None) -> "CharTokenizer":
@@ -188,7 +195,7 @@ class CharTokenizer:
         return self.encode_array(text).tolist()
 
     def encode_array(self, text: str) -> np.ndarray:
-        """The ids of ``text`` as an int64 array (vectorised: code points looked up in a sorted table)."""
+        """The ids of ``text`` as an array (vectorised: code points looked up in a sorted table)."""
         codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)  # one per character
         slot = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
         known = self._codes[slot] == codes
@@ -213,16 +220,99 @@ class CharTokenizer:
         return meta
 
 
-def build_tokenizer(kind: str, text: str = "", unknown: str | None = None) -> GPT2Tokenizer | CharTokenizer:
-    """A new tokenizer of ``kind``: GPT-2 BPE, or characters with the vocabulary of ``text`` (plus ``unknown``)."""
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` (the byte-level BPE of SmolLM, Qwen2, Llama 3, ...) through
+    the ``tokenizers`` library, so its ids are the ones transformers' ``AutoTokenizer`` gives.
+
+    ``encode`` never adds special tokens and reads special-token text (``<|im_start|>``) as text
+    unless ``allow_special``; ``bos_token`` is the id the folder's tokenizer puts before a text (or
+    None), which generation and classification put there too; ``eot_token`` is its end of text
+    (the end-of-sequence token), where a sample stops. The whole ``tokenizer.json`` is kept in
+    ``to_meta()``, so a checkpoint or prepared data carries its tokenizer with it.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: str, eos_token: str | None = None, source: str = "tokenizer.json"):
+        try:
+            from tokenizers import Tokenizer as Backend
+        except ImportError:
+            raise MiniGPTError(f"{source}: reading a Hugging Face tokenizer needs the tokenizers library: "
+                               f"pip install 'minigpt[hf]'") from None
+        try:
+            self._tok = Backend.from_str(tokenizer_json)
+        except Exception as err:  # the Rust library raises a plain Exception for a file it cannot parse
+            raise MiniGPTError(f"{source}: not a tokenizer.json the tokenizers library reads ({err})") from None
+        self._json, self._eos_text = tokenizer_json, eos_token
+        self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)
+        with_specials = self._tok.encode("a", add_special_tokens=True).ids
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        adds_bos = len(with_specials) > len(plain) and with_specials[1:len(plain) + 1] == plain
+        self.bos_token: int | None = with_specials[0] if adds_bos else None
+        self.eot_token: int | None = self._tok.token_to_id(eos_token) if eos_token else None
+        spec = json.loads(tokenizer_json)
+        self._byte_level = "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+        self._bytes_of = _gpt2_byte_alphabet()
+        self._special = {t["id"] for t in spec.get("added_tokens", [])}
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "HFTokenizer":
+        """The tokenizer of a Hugging Face model folder (tokenizer.json, with the end-of-sequence token
+        named in tokenizer_config.json), or a tokenizer.json file itself."""
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise MiniGPTError(f"{path} has no tokenizer.json (a Hugging Face fast tokenizer file)")
+        eos = None
+        config = file.parent / "tokenizer_config.json"
+        if config.is_file():
+            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+        return cls(file.read_text(encoding="utf-8"), eos, str(file))
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        self._tok.encode_special_tokens = not allow_special
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+    def encode_batch(self, texts: Iterable[str], allow_special: bool = False) -> list[list[int]]:
+        self._tok.encode_special_tokens = not allow_special
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """Raw bytes: a byte-level token's characters stand for bytes (GPT-2's alphabet), so a token
+        that holds part of a character is not decoded on its own."""
+        if not self._byte_level:
+            return self.decode(ids).encode("utf-8")
+        out = bytearray()
+        for i in ids:
+            token = self._tok.id_to_token(int(i)) or ""
+            out += token.encode("utf-8") if int(i) in self._special else bytes(self._bytes_of[ch] for ch in token)
+        return bytes(out)
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "tokenizer_json": self._json, "eos_token": self._eos_text}
+
+
+def build_tokenizer(kind: str, text: str = "", unknown: str | None = None) -> Tokenizer:
+    """A new tokenizer of ``kind``: GPT-2 BPE, characters with the vocabulary of ``text`` (plus
+    ``unknown``), or the path of a Hugging Face folder or tokenizer.json."""
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "char":
         return CharTokenizer.from_text(text, unknown)
-    raise MiniGPTError(f"unknown tokenizer {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}")
+    if Path(kind).exists():
+        return HFTokenizer.from_folder(kind)
+    raise MiniGPTError(f"unknown tokenizer {kind!r}; expected {', '.join(TOKENIZER_KINDS)}, or the path of a "
+                       f"Hugging Face folder or tokenizer.json")
 
 
-def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
+def tokenizer_from_meta(meta: dict) -> Tokenizer:
     """Rebuild a tokenizer from what ``to_meta()`` stored."""
     kind = meta.get("kind")
     if kind == "gpt2":
@@ -231,7 +321,17 @@ def tokenizer_from_meta(meta: dict) -> GPT2Tokenizer | CharTokenizer:
         if "chars" not in meta:
             raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
         return CharTokenizer(meta["chars"], meta.get("unknown"))
-    raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}")
+    if kind == "hf":
+        if "tokenizer_json" not in meta:
+            raise MiniGPTError("hf tokenizer metadata has no 'tokenizer_json'")
+        return _hf_from_json(meta["tokenizer_json"], meta.get("eos_token"))
+    raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected char, gpt2 or hf")
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_from_json(tokenizer_json: str, eos_token: str | None) -> HFTokenizer:
+    """Built once per tokenizer.json: a checkpoint's tokenizer is read back more than once."""
+    return HFTokenizer(tokenizer_json, eos_token)
 
 
 class StreamDecoder:

@@ -184,13 +184,14 @@ def stream(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_ids: list[list[int]] = [[] for _ in range(B)]
     cache = None
+    capacity = min(block, seq.size(1) + max_new_tokens)  # all a cache will hold, never more than block_size
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
                 logits, _ = model(seq[:, -block:], attention_mask=seq_mask[:, -block:], logits_to_keep=1)
             elif cache is None or cache.length + 1 > block:  # (re)fill the cache from the recent context
                 keep = block if cache is None else block // 2
-                cache = model.backbone.new_kv_cache(B)
+                cache = model.backbone.new_kv_cache(B, capacity)
                 logits, _ = model(seq[:, -keep:], attention_mask=seq_mask[:, -keep:], kv_cache=cache, logits_to_keep=1)
                 cache_mask = seq_mask[:, -keep:]
             else:  # one new token against the cached keys and values

@@ -65,11 +65,14 @@ def perplexity(model: GPT, ids: Sequence[int], stride: int | None = None, batch_
 
 def score_texts(model: GPT, tokenizer: Tokenizer, texts: Iterable[str], stride: int | None = None,
                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> dict:
-    """``perplexity`` of documents read one after another (with the end-of-text token between them,
-    when the tokenizer has one), plus bits per UTF-8 byte."""
+    """``perplexity`` of documents read one after another, each led by the tokenizer's
+    beginning-of-text token if it has one, else separated by its end-of-text token (if any), plus
+    bits per UTF-8 byte."""
     ids, n_bytes = [], 0
     for text in texts:
-        if ids and tokenizer.eot_token is not None:
+        if tokenizer.bos_token is not None:
+            ids.append(tokenizer.bos_token)
+        elif ids and tokenizer.eot_token is not None:
             ids.append(tokenizer.eot_token)
         ids.extend(tokenizer.encode(text))
         n_bytes += len(text.encode("utf-8"))

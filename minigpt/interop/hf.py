@@ -1,7 +1,12 @@
-"""Hugging Face GPT-2 checkpoints <-> minigpt, from and to a local directory (nothing downloads).
+"""Hugging Face checkpoints <-> minigpt, from and to local folders (nothing downloads): GPT-2
+(``GPT2LMHeadModel``), Llama (``LlamaForCausalLM``: SmolLM, Llama 2/3 without rope scaling) and
+Qwen2 (``Qwen2ForCausalLM``: Qwen2/2.5).
 
-HF's GPT-2 stores its linear layers as ``Conv1D`` with weight (in, out); ``nn.Linear`` keeps
-(out, in), so those four matrices per block are transposed on the way in and out.
+GPT-2 stores its linear layers as ``Conv1D`` with weight (in, out); ``nn.Linear`` keeps (out, in),
+so those four matrices per block are transposed on the way in and out. Llama and Qwen2 keep q, k,
+v and gate, up as separate matrices; minigpt computes each group in one matmul (``c_attn``,
+``c_fc``), so they are stacked on the way in and split on the way out. An option minigpt does not
+implement (rope scaling, sliding windows, ...) is an error naming the key, never silently ignored.
 """
 
 from __future__ import annotations
@@ -16,29 +21,81 @@ from ..model.config import GPTConfig
 from ..model.model import GPT
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints kept
+LLAMA_TYPES = ("llama", "qwen2")
+
+
+def _require(cond: bool, source: str, what: str, layout: str) -> None:
+    if not cond:
+        raise MiniGPTError(f"{source}: config {what} is not supported by minigpt's {layout} layout")
+
+
+def _key(hf: dict, name: str, source: str):
+    if name not in hf:
+        raise MiniGPTError(f"{source}: config has no key {name!r}")
+    return hf[name]
 
 
 def _config_from_hf(hf: dict, source: str) -> dict:
-    def require(cond: bool, what: str) -> None:
-        if not cond:
-            raise MiniGPTError(f"{source}: config {what} is not supported by minigpt's GPT-2 layout")
+    """GPTConfig fields for a Hugging Face config.json."""
+    model_type = hf.get("model_type", "gpt2")
+    if model_type == "gpt2":
+        return _gpt2_config(hf, source)
+    if model_type in LLAMA_TYPES:
+        return _llama_config(hf, source)
+    raise MiniGPTError(f"{source}: config model_type {model_type!r} is not supported (minigpt reads gpt2, "
+                       f"{', '.join(LLAMA_TYPES)})")
 
-    require(hf.get("model_type", "gpt2") == "gpt2", f"model_type {hf.get('model_type')!r}")
+
+def _gpt2_config(hf: dict, source: str) -> dict:
+    require = lambda cond, what: _require(cond, source, what, "GPT-2")  # noqa: E731
     activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
         hf.get("activation_function", "gelu_new"))
     require(activation is not None, f"activation_function {hf.get('activation_function')!r}")
-    require(hf.get("n_inner") in (None, 4 * hf.get("n_embd", 768)), f"n_inner {hf.get('n_inner')!r}")
     require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
     require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
-    try:
-        return dict(
-            vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-            n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_weights=hf.get("tie_word_embeddings", True), bias=True, pos_embedding="learned", activation=activation,
-        )
-    except KeyError as err:
-        raise MiniGPTError(f"{source}: config has no key {err.args[0]!r}") from None
+    return dict(
+        vocab_size=_key(hf, "vocab_size", source), block_size=_key(hf, "n_positions", source),
+        n_layer=_key(hf, "n_layer", source), n_head=_key(hf, "n_head", source), n_embd=_key(hf, "n_embd", source),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_weights=hf.get("tie_word_embeddings", True),
+        bias=True, pos_embedding="learned", activation=activation, mlp_hidden=hf.get("n_inner") or 0,
+    )
+
+
+def _rope_theta(hf: dict, source: str) -> float:
+    """The rotary base of a Llama/Qwen2 config, written either way transformers has written it."""
+    params = hf.get("rope_parameters") or {}
+    kind = params.get("rope_type", "default")
+    _require(kind == "default", source, f"rope_parameters.rope_type {kind!r}", "rope")
+    scaling = hf.get("rope_scaling")
+    _require(scaling is None or scaling.get("rope_type", scaling.get("type")) == "default", source,
+             f"rope_scaling {scaling!r}", "rope")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _llama_config(hf: dict, source: str) -> dict:
+    model_type = hf["model_type"]
+    require = lambda cond, what: _require(cond, source, what, model_type)  # noqa: E731
+    n_embd, n_head = _key(hf, "hidden_size", source), _key(hf, "num_attention_heads", source)
+    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r}")
+    require(hf.get("head_dim") in (None, n_embd // n_head), f"head_dim {hf.get('head_dim')!r} (not hidden_size / "
+                                                            f"num_attention_heads)")
+    require(hf.get("pretraining_tp", 1) == 1, f"pretraining_tp {hf.get('pretraining_tp')!r}")
+    require(not hf.get("use_sliding_window", False), "use_sliding_window=true")
+    if model_type == "llama":
+        attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        require(attention_bias == mlp_bias, f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
+        bias, qkv_bias = bool(attention_bias), False
+    else:  # Qwen2: biases on q, k, v only
+        bias, qkv_bias = False, True
+    return dict(
+        vocab_size=_key(hf, "vocab_size", source), block_size=_key(hf, "max_position_embeddings", source),
+        n_layer=_key(hf, "num_hidden_layers", source), n_head=n_head, n_embd=n_embd,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, pos_embedding="rope", rope_theta=_rope_theta(hf, source),
+        norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu",
+        mlp_hidden=_key(hf, "intermediate_size", source), tie_weights=hf.get("tie_word_embeddings", False),
+        bias=bias, qkv_bias=qkv_bias,
+    )
 
 
 def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -76,45 +133,104 @@ def _shards(folder: Path, index: Path) -> list[Path]:
 
 
 def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **runtime) -> GPT:
-    """Build a ``GPT`` from a GPT-2 config dict and its state dict (as ``GPT2LMHeadModel`` or
-    ``GPT2Model`` name them). ``runtime`` sets run-time choices: ``dropout``, ``attn_backend``."""
+    """Build a ``GPT`` from a Hugging Face config dict and its state dict (GPT-2, Llama or Qwen2).
+    ``runtime`` sets run-time choices: ``dropout``, ``attn_backend``."""
     try:
         config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
     except MiniGPTError as err:
         raise MiniGPTError(f"{source}: {err}") from None
     model = GPT(config)
+    hf_state = {k: v for k, v in hf_state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    state = _gpt2_in(hf_state, config) if hf_config.get("model_type", "gpt2") == "gpt2" else _llama_in(hf_state, config, source)
+    load_weights(model, state, source, optional=["head.weight"] if config.tie_weights else [])
+    return model
+
+
+def _gpt2_in(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in hf_state.items():
         key = key.removeprefix("transformer.")
-        if key.endswith(IGNORED_SUFFIXES):
-            continue
         if key == "lm_head.weight":
             if not config.tie_weights:  # when tied it is the same matrix as wte
                 state["head.weight"] = tensor
             continue
         state["backbone." + key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
-    load_weights(model, state, source, optional=["head.weight"] if config.tie_weights else [])
-    return model
+    return state
+
+
+# minigpt's name in a block -> Hugging Face Llama's names, stacked in this order
+LLAMA_STACKED = {"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                 "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj")}
+LLAMA_SINGLE = {"attn.c_proj": "self_attn.o_proj", "mlp.c_proj": "mlp.down_proj", "ln_1": "input_layernorm",
+                "ln_2": "post_attention_layernorm", "attn.q_norm": "self_attn.q_norm", "attn.k_norm": "self_attn.k_norm"}
+
+
+def _llama_in(hf_state: dict[str, torch.Tensor], config: GPTConfig, source: str) -> dict[str, torch.Tensor]:
+    def take(name: str) -> torch.Tensor:
+        if name not in hf_state:
+            raise MiniGPTError(f"{source}: the weights have no {name!r}")
+        return hf_state.pop(name)
+
+    hf_state = dict(hf_state)
+    state = {"backbone.wte.weight": take("model.embed_tokens.weight"), "backbone.ln_f.weight": take("model.norm.weight")}
+    if "lm_head.weight" in hf_state:
+        lm_head = take("lm_head.weight")
+        if not config.tie_weights:
+            state["head.weight"] = lm_head
+    for i in range(config.n_layer):
+        ours, theirs = f"backbone.h.{i}.", f"model.layers.{i}."
+        for mine, parts in LLAMA_STACKED.items():
+            for kind in ("weight", "bias"):
+                if f"{theirs}{parts[0]}.{kind}" in hf_state:
+                    state[f"{ours}{mine}.{kind}"] = torch.cat([take(f"{theirs}{p}.{kind}") for p in parts])
+        for mine, part in LLAMA_SINGLE.items():
+            for kind in ("weight", "bias"):
+                if f"{theirs}{part}.{kind}" in hf_state:
+                    state[f"{ours}{mine}.{kind}"] = take(f"{theirs}{part}.{kind}")
+    state.update(hf_state)  # whatever is left is reported as unexpected
+    return state
 
 
 def load_hf(path: str | Path, **runtime) -> GPT:
-    """A minigpt ``GPT`` from a local Hugging Face GPT-2 directory (config.json + model.safetensors,
-    sharded safetensors or pytorch_model.bin); nothing is downloaded. ``runtime`` sets ``dropout`` or
-    ``attn_backend``."""
+    """A minigpt ``GPT`` from a local Hugging Face folder (config.json + model.safetensors, sharded
+    safetensors or pytorch_model.bin) of a GPT-2, Llama or Qwen2 model; nothing is downloaded.
+    ``runtime`` sets ``dropout`` or ``attn_backend``."""
     path = Path(path)
     if not path.is_dir():
-        raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face GPT-2 checkpoint directory)")
+        raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face checkpoint directory)")
     hf_config = read_json(path / "config.json")
     return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **runtime)
 
 
-def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The weights of ``model`` named and laid out as ``GPT2LMHeadModel`` expects.
+# ----------------------------------------------------------------------------- export
 
-    GPT-2 has learned positions and biases everywhere, so a sinusoidal model gives its fixed table
-    as ``wpe`` and a bias-free model gives zero biases: the network computes the same function.
-    A tied model has no ``lm_head.weight`` (as Hugging Face saves it).
-    """
+
+def hf_architecture(config: GPTConfig) -> str:
+    """Which Hugging Face architecture computes the same function as ``config``: gpt2, llama or qwen2."""
+    gpt2 = dict(norm="layernorm", mlp="gelu", qk_norm=False)
+    llama = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False)
+    if all(getattr(config, k) == v for k, v in gpt2.items()) and config.pos_embedding != "rope" \
+            and config.kv_heads == config.n_head and not (config.qkv_bias and not config.bias):
+        return "gpt2"
+    if all(getattr(config, k) == v for k, v in llama.items()):
+        return "qwen2" if config.qkv_bias and not config.bias else "llama"
+    wrong = {k: getattr(config, k) for k, v in llama.items() if getattr(config, k) != v}
+    raise MiniGPTError(f"no Hugging Face architecture minigpt writes computes this model: GPT-2 needs layernorm, "
+                       f"gelu, learned or sinusoidal positions and n_kv_head = n_head; Llama/Qwen2 need rope, "
+                       f"rmsnorm, swiglu and no qk_norm (this model has {wrong})")
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` named and laid out as the Hugging Face class of ``hf_architecture`` expects.
+    A tied model has no ``lm_head.weight`` (as Hugging Face saves it)."""
+    if hf_architecture(model.config) == "gpt2":
+        return _gpt2_out(model)
+    return _llama_out(model)
+
+
+def _gpt2_out(model: GPT) -> dict[str, torch.Tensor]:
+    """GPT-2 has learned positions and biases everywhere, so a sinusoidal model gives its fixed table
+    as ``wpe`` and a bias-free model gives zero biases: the network computes the same function."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in model.backbone.named_modules():
         for pname, param in module.named_parameters(recurse=False):
@@ -130,26 +246,69 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _llama_out(model: GPT) -> dict[str, torch.Tensor]:
+    config, backbone = model.config, model.backbone
+    tensors = {"model.embed_tokens.weight": backbone.wte.weight.detach(), "model.norm.weight": backbone.ln_f.weight.detach()}
+    if not config.tie_weights:
+        tensors["lm_head.weight"] = model.head.weight.detach()
+    q, kv = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+    sizes = {"attn.c_attn": (q, kv, kv), "mlp.c_fc": (config.hidden, config.hidden)}
+    for i, block in enumerate(backbone.h):
+        params = {name: p.detach() for name, p in block.named_parameters()}
+        theirs = f"model.layers.{i}."
+        for mine, parts in LLAMA_STACKED.items():
+            for kind in ("weight", "bias"):
+                if f"{mine}.{kind}" in params:
+                    for part, piece in zip(parts, params[f"{mine}.{kind}"].split(sizes[mine])):
+                        tensors[f"{theirs}{part}.{kind}"] = piece.clone()
+        for mine, part in LLAMA_SINGLE.items():
+            for kind in ("weight", "bias"):
+                if f"{mine}.{kind}" in params:
+                    tensors[f"{theirs}{part}.{kind}"] = params[f"{mine}.{kind}"]
+    return tensors
+
+
 def to_hf_config(config: GPTConfig) -> dict:
-    """A ``GPT2Config``-shaped dict for ``config``."""
+    """A Hugging Face config dict (``GPT2Config``, ``LlamaConfig`` or ``Qwen2Config``) for ``config``."""
+    kind = hf_architecture(config)
+    if kind == "gpt2":
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+            "n_inner": config.mlp_hidden or None,
+            "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,
+            "attn_pdrop": config.dropout, "embd_pdrop": config.dropout, "resid_pdrop": config.dropout,
+            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+            "initializer_range": 0.02,
+        }
+        # GPT-2's <|endoftext|> with its vocabulary; none otherwise (GPT2Config's default, 50256, would lie outside it)
+        eot = 50256 if config.vocab_size == 50257 else None
+        hf_config.update(bos_token_id=eot, eos_token_id=eot)
+        return hf_config
     hf_config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
-        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
-        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd, "n_inner": None,
-        "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,
-        "attn_pdrop": config.dropout, "embd_pdrop": config.dropout, "resid_pdrop": config.dropout,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "initializer_range": 0.02,
+        "architectures": ["LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM"], "model_type": kind,
+        "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "intermediate_size": config.hidden,
+        "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": config.block_size, "rms_norm_eps": config.layer_norm_eps,
+        "rope_theta": config.rope_theta,  # as transformers 4 reads it
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},  # as transformers 5 does
+        "rope_scaling": None, "tie_word_embeddings": config.tie_weights, "attention_dropout": config.dropout,
+        "initializer_range": 0.02, "bos_token_id": None, "eos_token_id": None,
     }
-    # GPT-2's <|endoftext|> with its vocabulary; none otherwise (GPT2Config's default, 50256, would lie outside it)
-    eot = 50256 if config.vocab_size == 50257 else None
-    hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    if kind == "llama":
+        hf_config.update(attention_bias=config.bias, mlp_bias=config.bias, pretraining_tp=1)
+    else:
+        hf_config.update(use_sliding_window=False, sliding_window=None)
     return hf_config
 
 
 def save_hf(model: GPT, path: str | Path) -> None:
-    """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` reads."""
+    """Write ``model`` as a Hugging Face folder (GPT-2, Llama or Qwen2: see ``hf_architecture``) that
+    transformers' ``AutoModelForCausalLM.from_pretrained`` reads."""
     path = Path(path)
+    config = to_hf_config(model.config)  # first: an architecture without an equivalent fails before any file is written
     save_tensors(path / "model.safetensors", to_hf_state_dict(model))
-    write_json(path / "config.json", to_hf_config(model.config))
+    write_json(path / "config.json", config)

@@ -10,15 +10,18 @@ compared on ``architecture()`` alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..config_io import AT_LEAST_1, UNIT, Range, check_settings, setting
+from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Range, check_settings, setting
 from ..errors import MiniGPTError
 
 ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
 ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation of GELU | the exact (erf) form
-POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal")  # a trained table (GPT-2) | fixed sinusoids (Vaswani et al. 2017)
+POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal", "rope")  # a trained table (GPT-2) | fixed sinusoids | rotary (Llama)
+NORMS = ("layernorm", "rmsnorm")  # LayerNorm (GPT-2) | RMSNorm (Llama, Qwen2)
+MLPS = ("gelu", "swiglu")  # C -> 4C -> GELU -> C (GPT-2) | the gated SiLU form (Llama, Qwen2)
 RUNTIME_FIELDS = ("dropout", "attn_backend")  # not architecture: may change between runs of the same weights
 
 
@@ -37,10 +40,21 @@ class GPTConfig:
     n_embd: int = setting(768, "channels of the residual stream (a multiple of n_head)", within=AT_LEAST_1)
     bias: bool = setting(True, "biases in Linear and LayerNorm layers (GPT-2 has them)")
     pos_embedding: str = setting("learned", "positional embedding", POSITIONAL_EMBEDDINGS)
+    rope_theta: float = setting(10000.0, "rope: base θ; channel pair k of a head turns by position·θ^(-2k/D)",
+                                within=POSITIVE)
     tie_weights: bool = setting(True, "the LM head shares its matrix with the token embedding")
-    layer_norm_eps: float = setting(1e-5, "epsilon of every LayerNorm", within=Range(0, 1, low_open=True, high_open=True))
-    activation: str = setting("gelu_tanh", "MLP activation: GPT-2's tanh GELU, or the exact one (faster on some CPUs)",
-                              ACTIVATIONS)
+    norm: str = setting("layernorm", "the norm before each sublayer and at the end", NORMS)
+    layer_norm_eps: float = setting(1e-5, "epsilon of every norm (LayerNorm or RMSNorm)",
+                                    within=Range(0, 1, low_open=True, high_open=True))
+    mlp: str = setting("gelu", "feed-forward form", MLPS)
+    mlp_hidden: int = setting(0, "hidden width of the MLP (0: 4·n_embd for gelu; for swiglu 8/3·n_embd, rounded "
+                                 "up to a multiple of 64)", within=AT_LEAST_0)
+    activation: str = setting("gelu_tanh", "the gelu MLP's activation: GPT-2's tanh GELU, or the exact one (faster on "
+                                           "some CPUs)", ACTIVATIONS)
+    n_kv_head: int = setting(0, "key/value heads, shared by groups of query heads (0: n_head, plain multi-head; "
+                                "1: multi-query)", within=AT_LEAST_0)
+    qk_norm: bool = setting(False, "RMSNorm on each head's queries and keys (as Qwen3, OLMo-2)")
+    qkv_bias: bool = setting(False, "biases on the query/key/value projection even when bias is false (Qwen2)")
     # run-time choices (RUNTIME_FIELDS)
     dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches", within=UNIT)
     attn_backend: str = setting("sdpa", "attention: fused kernel, or the explicit softmax written out",
@@ -53,6 +67,18 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is 0."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
     def validate(self) -> None:
         """Raise ``MiniGPTError`` naming the first field whose value is not usable."""
         check_settings(self, prefix="GPTConfig.")
@@ -60,6 +86,12 @@ class GPTConfig:
             raise MiniGPTError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by GPTConfig.n_head ({self.n_head})"
             )
+        if self.n_head % self.kv_heads != 0:
+            raise MiniGPTError(f"GPTConfig.n_head ({self.n_head}) must be a multiple of GPTConfig.n_kv_head "
+                               f"({self.n_kv_head}): each key/value head serves a whole group of query heads")
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise MiniGPTError(f"GPTConfig.pos_embedding 'rope' turns pairs of channels: the head dim "
+                               f"n_embd / n_head = {self.head_dim} must be even")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,6 +1,9 @@
-"""The math of a GPT, one module per concept: positional embeddings, attention, MLP, block.
+"""The math of a GPT, one module per concept: positions (learned, sinusoidal, rotary), norms
+(LayerNorm, RMSNorm), attention (multi-head, grouped-query, optional QK-norm; two backends), the
+MLP (GELU or SwiGLU) and the residual block. Which form each takes is a field of ``GPTConfig``.
 
-Shapes: B batch, T time (sequence), C channels (n_embd), H heads, D head dim (C / H), V vocab.
+Shapes: B batch, T time (new tokens), S keys (cached + new), C channels (n_embd), H query heads,
+Hkv key/value heads, D head dim (C / H), V vocab.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import GPTConfig
+
+# F.scaled_dot_product_attention repeats key/value heads itself from torch 2.5 (enable_gqa)
+SDPA_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -50,10 +56,69 @@ class SinusoidalPositionalEmbedding(nn.Module):
         return self.table[positions]
 
 
-def positional_embedding(config: GPTConfig) -> nn.Module:
+def positional_embedding(config: GPTConfig) -> nn.Module | None:
+    """What is added to the token embeddings: a table, or nothing (rotary positions act in attention)."""
     if config.pos_embedding == "sinusoidal":
         return SinusoidalPositionalEmbedding(config.block_size, config.n_embd)
+    if config.pos_embedding == "rope":
+        return None
     return LearnedPositionalEmbedding(config.block_size, config.n_embd)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (RoFormer, Su et al. 2021): in each head, the pair of channels (k, k + D/2)
+    is turned by the angle position · θ^(-2k/D), so q·k depends on positions only through their
+    difference. (The paper pairs 2k with 2k + 1; pairing k with k + D/2, as Llama's Hugging Face
+    checkpoints do, is the same rotation of a permuted vector.)"""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,) θ^(-2k/D)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) or (B, T) -> cos, sin of shape (1, 1, T, D) or (B, 1, T, D), ready for (B, H, T, D)."""
+        angle = positions[..., None].float() * self.inv_freq  # (..., T, D/2)
+        angle = torch.cat([angle, angle], dim=-1)  # (..., T, D): channel k and k + D/2 turn alike
+        if angle.dim() == 2:
+            angle = angle[None]  # (1, T, D)
+        return angle.cos()[:, None], angle.sin()[:, None]  # (B or 1, 1, T, D)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Turn each pair (x_k, x_{k+D/2}) by its angle: (a, b) -> (a cos - b sin, b cos + a sin). (B, H, T, D)."""
+    first, second = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    turned = torch.cat([-second, first], dim=-1)  # the pair's partner, rotated a quarter turn
+    return (x * cos + turned * sin).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · g (Zhang & Sennrich 2019): LayerNorm without the mean or a bias.
+    Computed in float32 whatever the input's dtype, as Llama does."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def norm_layer(config: GPTConfig, dim: int | None = None) -> nn.Module:
+    """The configured norm over the last ``dim`` channels (default n_embd)."""
+    dim = dim or config.n_embd
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -77,23 +142,37 @@ def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int | None = No
     return causal & (key_is_real | (key_pos == query_pos))  # (B, 1, T, S)
 
 
+def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """(T, S) bool, True where a query may see a key; the queries are the last T of the S positions."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Each key/value head serves ``n_rep`` query heads: (B, Hkv, S, D) -> (B, Hkv·n_rep, S, D)."""
+    if n_rep == 1:
+        return x
+    B, Hkv, S, D = x.shape
+    return x[:, :, None].expand(B, Hkv, n_rep, S, D).reshape(B, Hkv * n_rep, S, D)
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer, preallocated to ``max_len``.
 
     Decoding one token then costs one query against the cached keys instead of recomputing the
-    whole sequence. ``length`` counts the cached positions; the model advances it after each call.
+    whole sequence. It holds the key/value heads only (n_kv_head of them: grouped-query attention
+    shrinks it by n_head / n_kv_head). ``length`` counts the cached positions; the model advances it.
     """
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, H, max_len, D); only written slots are read
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D); only written slots are read
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys/values (B, H, T, D) after the cached ones; return all of them (B, H, S, D)."""
+        """Store new keys/values (B, Hkv, T, D) after the cached ones; return all of them (B, Hkv, S, D)."""
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
@@ -101,58 +180,76 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def nbytes(self) -> int:
+        return self.k.nelement() * self.k.element_size() * 2
+
 
 class CausalSelfAttention(nn.Module):
-    """Masked multi-head self-attention with two interchangeable backends.
+    """Masked self-attention with grouped-query heads and two interchangeable backends.
 
     ``sdpa``: ``F.scaled_dot_product_attention``, which dispatches to a fused kernel (flash or
     memory-efficient attention on the GPU). ``manual``: the formula written out,
-    ``softmax(Q Kᵀ / √D + mask) · V``, for reading and for checking the fused path.
+    ``softmax(Q Kᵀ / √D + mask) · V``, for reading and for checking the fused path. With
+    n_kv_head < n_head, each key/value head is shared by n_head / n_kv_head query heads.
     """
 
     def __init__(self, config: GPTConfig, layer_index: int = 0):
         super().__init__()
-        self.n_head = config.n_head
-        self.head_dim = config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.backend = config.attn_backend
         self.dropout = config.dropout
         self.layer_index = layer_index  # which slot of a KVCache is this layer's
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # Q, K, V in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.split = (q_width, kv_width, kv_width)
+        self.c_attn = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.bias or config.qkv_bias)  # Q, K, V
+        self.c_proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
+        self.q_norm = RMSNorm(self.head_dim, config.layer_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.layer_norm_eps) if config.qk_norm else None
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        causal = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
-        self.register_buffer("causal_mask", causal, persistent=False)  # (block_size, block_size)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, T, C) new tokens; attention_mask: optional (B, S) over all S = cached + T keys,
-        1 = token, 0 = padding; kv_cache: keys/values of earlier tokens. Returns (B, T, C)."""
+        1 = token, 0 = padding; kv_cache: keys/values of earlier tokens; rope: the rotary (cos, sin)
+        of the new tokens' positions. Returns (B, T, C)."""
         T = x.size(1)
-        q, k, v = rearrange(self.c_attn(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)  # 3 x (B, H, T, D)
+        q, k, v = self.c_attn(x).split(self.split, dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_head)  # (B, H, T, D)
+        k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_head)  # (B, Hkv, T, D)
+        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_head)  # (B, Hkv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.update(self.layer_index, k, v)  # (B, H, S, D), S = past + T
+            k, v = kv_cache.update(self.layer_index, k, v)  # (B, Hkv, S, D), S = past + T
         S = past + T
         if attention_mask is not None:
             mask = padding_causal_mask(attention_mask, T)  # (B, 1, T, S)
         elif past == 0 or T == 1:
             mask = None  # plain causal (or a single newest query, which may see every key)
         else:
-            mask = self.causal_mask[past:S, :S]  # (T, S): queries sit at the end of the sequence
+            mask = causal_mask(T, S, x.device)  # (T, S): queries sit at the end of the sequence
+        n_rep = self.n_head // self.n_kv_head
         if self.backend == "sdpa":
+            if n_rep > 1 and not SDPA_GQA:
+                k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+            gqa = {"enable_gqa": True} if n_rep > 1 and SDPA_GQA else {}
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=mask is None and T > 1,  # lets the kernel skip building a mask at all
+                **gqa,
             )  # (B, H, T, D)
         else:
             if mask is None:
-                mask = self.causal_mask[past:S, :S]  # (T, S)
-            y = self.manual_attention(q, k, v, mask)
-        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, C)
+                mask = causal_mask(T, S, x.device)  # (T, S)
+            y = self.manual_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, H·D)
         return self.resid_dropout(self.c_proj(y))
 
     def manual_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -168,31 +265,41 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> 4C -> GELU -> C (GELU in GPT-2's tanh form unless configured exact)."""
+    """Position-wise feed-forward, C -> hidden -> C, in one of two forms:
+
+    ``gelu``: GELU(x W_fc) W_proj (GPT-2; GELU in its tanh form unless configured exact);
+    ``swiglu``: (SiLU(x W_gate) ⊙ x W_up) W_proj (Shazeer 2020; Llama), with W_gate and W_up in one
+    matmul, ``c_fc``, whose output is split in two.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.hidden
+        self.gated = config.mlp == "swiglu"
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.gated:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: GPTConfig, layer_index: int = 0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config, layer_index)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attn(self.ln_1(x), attention_mask, kv_cache)
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x

@@ -14,7 +14,7 @@ from ..checkpoint import load_tensors, load_weights, read_safetensors_metadata, 
 from ..errors import MiniGPTError
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
-from .layers import Block, KVCache, positional_embedding
+from .layers import Block, KVCache, RMSNorm, RotaryEmbedding, norm_layer, positional_embedding
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -49,16 +49,18 @@ def adamw(groups: list[dict], learning_rate: float, betas: tuple[float, float], 
 
 
 class GPTBackbone(nn.Module):
-    """Token + position embeddings, ``n_layer`` pre-LN blocks, final LayerNorm: ids (B, T) -> hidden (B, T, C)."""
+    """Token embeddings (+ a position table, unless positions are rotary), ``n_layer`` pre-norm
+    blocks, a final norm: ids (B, T) -> hidden (B, T, C)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding (V, C)
-        self.wpe = positional_embedding(config)  # learned (block_size, C) table or fixed sinusoids
+        self.wpe = positional_embedding(config)  # learned (block_size, C) table, fixed sinusoids, or None
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos_embedding == "rope" else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = norm_layer(config)
 
     def forward(
         self,
@@ -79,9 +81,13 @@ class GPTBackbone(nn.Module):
                 position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
             else:
                 position_ids = positions_from_mask(attention_mask)[:, past:]  # (B, T)
-        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        x = self.drop(x)
+        rope = self.rotary(position_ids) if self.rotary is not None else None  # cos, sin: (B or 1, 1, T, D)
         for block in self.h:
-            x = block(x, attention_mask, kv_cache)  # (B, T, C)
+            x = block(x, attention_mask, kv_cache, rope)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.length += T
         return self.ln_f(x)  # (B, T, C)
@@ -90,7 +96,7 @@ class GPTBackbone(nn.Module):
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default block_size) tokens."""
         cfg = self.config
         weight = self.wte.weight
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len or cfg.block_size, cfg.head_dim,
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len or cfg.block_size, cfg.head_dim,
                        weight.device, dtype or weight.dtype)
 
 
@@ -121,7 +127,7 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
         if not self.config.tie_weights:
             nn.init.normal_(self.head.weight, mean=0.0, std=0.02)

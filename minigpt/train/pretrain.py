@@ -25,7 +25,8 @@ class PretrainConfig(LoopConfig, ModelFields):
 
     data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder (python -m minigpt.data), or a "
                                                         "folder of llm.c GPT-2 shards")
-    bos_aligned: bool = setting(False, "start every training window at a document (its end-of-text token)")
+    bos_aligned: bool = setting(False, "start every training window at a document (at the token that begins each "
+                                       "document: the tokenizer's beginning of text, else its end of text)")
     verify_data: bool = setting(False, "check every token id of the data against the vocabulary before training "
                                        "(otherwise a sample is checked)")
     init_from: str = setting("", "continue pretraining from this checkpoint, out_dir or Hugging Face folder (fresh "
@@ -48,9 +49,10 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
     else:
         model = GPT(cfg.model_config(vocab_size=meta["vocab_size"])).to(device)
     block_size = model.config.block_size
-    bos = tokenizer_from_meta(meta["tokenizer"]).eot_token if cfg.bos_aligned else None
+    tok = tokenizer_from_meta(meta["tokenizer"])
+    bos = (tok.bos_token if tok.bos_token is not None else tok.eot_token) if cfg.bos_aligned else None
     if cfg.bos_aligned and bos is None:
-        raise MiniGPTError(f"bos_aligned needs a tokenizer with an end-of-text token; {cfg.data_dir} uses "
+        raise MiniGPTError(f"bos_aligned needs a tokenizer with a token that begins documents; {cfg.data_dir} uses "
                            f"{meta['tokenizer'].get('kind')!r}")
     train_windows = Windows(open_split(cfg.data_dir, "train", meta, cfg.verify_data), block_size, device, bos)
     val_windows = Windows(open_split(cfg.data_dir, "val", meta, cfg.verify_data), block_size, device)
