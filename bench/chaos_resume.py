@@ -4,9 +4,10 @@ compare the final weights with an uninterrupted run of the same config.
     python bench/chaos_resume.py                 # 20 kills (docs/RESULTS.md has the figure)
     python bench/chaos_resume.py --kills 3       # what tests/test_reliability.py runs
 
-Each kill lands at a random moment of the run: one in five during start-up, the others once the run
-has passed a random iteration (it logs every 5 steps and checkpoints every 10), a random few
-milliseconds later, so that some land in the middle of an evaluation or of a checkpoint write. After each one the script loads every checkpoint the folder holds
+Each kill lands at a random moment of the run: one in five during start-up, two in five a few
+milliseconds after the run has passed a random iteration (it logs every 5 steps), two in five
+within 10 ms of an evaluation's line in metrics.jsonl, which is when the checkpoints are written,
+so that some land in the middle of a write. After each one the script loads every checkpoint the folder holds
 (atomic writes: none may be damaged), then starts the run again with --resume (or afresh, if it
 died before its first checkpoint). At the end it checks that no temporary file is left and prints
 max |Δw| against the uninterrupted run. The numbers also go to WORK/chaos.json.
@@ -53,11 +54,12 @@ def checkpoints_load(out: Path) -> tuple[int, list[str]]:
     return found, broken
 
 
-def last_iteration(out: Path) -> int:
-    """The latest iteration metrics.jsonl reports (0 before it has any)."""
+def last_iteration(out: Path, evaluation: bool = False) -> int:
+    """The latest iteration metrics.jsonl reports (of an evaluation, if asked), or 0."""
     try:
         lines = (out / "metrics.jsonl").read_text().splitlines()
-        return json.loads(lines[-1])["iter"] if lines else 0
+        records = [json.loads(line) for line in lines[-3:]]
+        return max((r["iter"] for r in records if not evaluation or "val_loss" in r), default=0)
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return 0
 
@@ -98,13 +100,15 @@ def main() -> int:
                                     stderr=subprocess.PIPE)
             started = time.perf_counter()
             room = args.steps - 20 - resumed_from[-1]  # iterations left to kill in; the kills spread over them
-            if rng.random() < 0.2 or room < 1:
+            draw = rng.random()
+            evaluation = draw >= 0.6  # wait for an evaluation's line: the checkpoints are written right after it
+            if draw < 0.2 or room < 1:
                 target, delay = None, rng.uniform(0.0, startup_s)
             else:
                 target = resumed_from[-1] + rng.randint(1, max(1, room // (args.kills - kill)))
-                delay = rng.uniform(0.0, 0.03)
-            while proc.poll() is None and target is not None and last_iteration(out) < target:
-                time.sleep(0.005)
+                delay = rng.uniform(0.0, 0.01 if evaluation else 0.03)
+            while proc.poll() is None and target is not None and last_iteration(out, evaluation) < target:
+                time.sleep(0.001)
             time.sleep(delay)
             if proc.poll() is not None:  # it ended before the kill: a finished run here is a failure of the script
                 print(proc.stderr.read().decode()[-2000:] or "the run finished before it was killed")

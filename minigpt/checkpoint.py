@@ -129,10 +129,31 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # what torch.compile and DDP put before every name
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile's and DDP's wrappers."""
+    while isinstance(getattr(module, "_orig_mod", None), torch.nn.Module) or \
+            isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module._orig_mod if hasattr(module, "_orig_mod") else module.module
+    return module
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name without the prefixes a compiled or DDP-wrapped model's state dict carries."""
+    while name.startswith(WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
 def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                  optional: Iterable[str] = ()) -> None:
     """Copy ``state`` into ``module``; a tensor of the wrong shape, a missing or an unexpected one is
-    a ``MiniGPTError`` naming ``source`` and the tensors (``optional`` names may be missing)."""
+    a ``MiniGPTError`` naming ``source`` and the tensors (``optional`` names may be missing). Names
+    saved from a compiled or DDP-wrapped model (``_orig_mod.``, ``module.``) are read as the plain ones."""
+    module = unwrap(module)
+    state = {plain_name(k): v for k, v in state.items()}
     expected = module.state_dict()
     for name, tensor in state.items():
         if name in expected and expected[name].shape != tensor.shape:
@@ -181,10 +202,10 @@ def find_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with shared tensors kept once (the first name wins)."""
+    """The model's state dict with shared tensors kept once (the first name wins), under plain names."""
     seen: set[int] = set()
     out = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in unwrap(model).state_dict().items():
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
@@ -225,7 +246,7 @@ class Checkpoint:
     def load_model(self, model: torch.nn.Module) -> None:
         """Copy the weights into ``model``; any mismatch is an error naming the tensors."""
         stored = set(model_tensors(model))
-        tied = [k for k in model.state_dict() if k not in stored]  # a tied copy is stored once, under its first name
+        tied = [k for k in unwrap(model).state_dict() if k not in stored]  # a tied copy is stored once, under its first name
         load_weights(model, self.model, str(self.path), optional=tied)
 
     def require(self, *keys: str) -> None:

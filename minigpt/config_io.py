@@ -91,9 +91,20 @@ def _python_type(tp: Any) -> type:
     return {"int": int, "float": float, "bool": bool, "str": str}.get(tp, tp) if isinstance(tp, str) else tp
 
 
-def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
-    """Convert ``value`` (from TOML or a command-line string) to the field's type, or explain what was expected."""
+def switch_like(f: dataclasses.Field) -> bool:
+    """A string setting whose choices include "true" and "false" (like compile's auto | true | false)
+    also takes a boolean: ``compile = true`` in TOML, a bare ``--compile``."""
+    return {"true", "false"} <= set(f.metadata.get("choices", ()))
+
+
+def coerce(key: str, value: Any, tp: Any, source: str, switch: bool = False) -> Any:
+    """Convert ``value`` (from TOML or a command-line string) to the field's type, or explain what was
+    expected. ``switch``: see ``switch_like``."""
     tp = _python_type(tp)
+    if switch and isinstance(value, bool):
+        return "true" if value else "false"
+    if switch and isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return "true" if BOOL_WORDS[value.strip().lower()] else "false"
     if isinstance(value, str) and tp is not str:
         text = value.strip()
         if tp is bool:
@@ -143,7 +154,7 @@ def parse_overrides(overrides: Sequence[str], fields: dict[str, dataclasses.Fiel
         key, has_value, raw = item[2:].partition("=")
         if key not in fields:
             raise unknown_key(key, list(fields), "command line")
-        is_bool = _python_type(fields[key].type) is bool
+        is_bool = _python_type(fields[key].type) is bool or switch_like(fields[key])
         if not has_value:
             follows = items[0] if items and not items[0].startswith("--") else None
             if follows is not None and (not is_bool or follows.lower() in BOOL_WORDS):
@@ -152,7 +163,7 @@ def parse_overrides(overrides: Sequence[str], fields: dict[str, dataclasses.Fiel
                 raw = "true"
             else:
                 raise MiniGPTError(f"command line: --{key} needs a value (--{key}=VALUE or --{key} VALUE)")
-        values[key] = coerce(key, raw, fields[key].type, "command line")
+        values[key] = coerce(key, raw, fields[key].type, "command line", switch_like(fields[key]))
     return values
 
 
@@ -164,7 +175,7 @@ def build_config(cls: type, toml_path: str | Path | None, overrides: Sequence[st
         for key, value in read_toml(toml_path).items():
             if key not in fields:
                 raise unknown_key(key, list(fields), str(toml_path))
-            values[key] = coerce(key, value, fields[key].type, str(toml_path))
+            values[key] = coerce(key, value, fields[key].type, str(toml_path), switch_like(fields[key]))
     values.update(parse_overrides(overrides, fields))
     return cls(**values)
 

@@ -42,12 +42,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """The compute dtype for autocast.
 
-    ``"auto"``: bfloat16 on a CUDA device that supports it, else float32 (CPU and MPS default to
-    full precision; ``"bfloat16"`` may still be asked for explicitly on the CPU).
+    ``"auto"``: on CUDA, bfloat16 where the GPU runs it natively, else float16 (with a grad scaler
+    in training); float32 on the CPU and MPS (``"bfloat16"`` may still be asked for explicitly).
     """
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if device.type == "cuda":  # bf16 where the GPU has it natively (A100, H100, ...), else fp16 (T4, V100)
+            return torch.bfloat16 if native_bf16(device) else torch.float16
         return torch.float32
     if name not in DTYPES:
         raise MiniGPTError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
@@ -72,7 +72,12 @@ def native_bf16(device: torch.device) -> bool:
     on a 2048² matmul of an AVX2-only CPU; see bench/bf16_speed.py for whole training steps).
     """
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        try:  # without emulation: a T4 or V100 "supports" bf16 only by running it slowly in fp32
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no such argument
+            return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else True  # unknown on old builds: do not warn
@@ -86,6 +91,25 @@ def peak_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     slow_half = ((dtype == torch.float16 and device.type != "cuda")
                  or (dtype == torch.bfloat16 and not native_bf16(device)))
     return torch.float32 if slow_half else dtype
+
+
+def configure_matmul_precision(device: torch.device, tf32: bool = True) -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (or not); elsewhere nothing."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def process_group_backend(device_name: str) -> str:
+    """nccl when the run's processes use CUDA devices (auto on a CUDA machine, cuda, cuda:N), else gloo."""
+    if not torch.cuda.is_available():
+        return "gloo"
+    if device_name == "auto":
+        return "nccl"
+    try:
+        return "nccl" if torch.device(device_name).type == "cuda" else "gloo"
+    except RuntimeError:
+        raise MiniGPTError(f"unknown device {device_name!r}; expected {DEVICE_HELP}") from None
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

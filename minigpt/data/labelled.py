@@ -273,7 +273,10 @@ class EncodedTexts:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids (B, T), attention mask (B, T), label ids (B,)) of these examples, on ``device``."""
-        ids, mask = pad(truncate([self.ids[i] for i in indices], self.max_length, self.keep))
+    def batch(self, indices: Sequence[int], device: torch.device,
+              multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids (B, T), attention mask (B, T), label ids (B,)) of these examples, right-padded (to a
+        multiple of ``multiple`` tokens, at most max_length), on ``device``."""
+        ids, mask = pad(truncate([self.ids[i] for i in indices], self.max_length, self.keep), multiple=multiple,
+                        limit=self.max_length)
         return ids.to(device), mask.to(device), self.labels[list(indices)].to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -19,15 +20,19 @@ def truncate(sequences: Sequence[Sequence[int]], max_length: int, keep: str = "h
     return [list(s[:max_length]) if keep == "head" else list(s[-max_length:]) for s in sequences]
 
 
-def pad(sequences: Sequence[Sequence[int]], side: str = "right", pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (B, T) and attention mask (B, T), 1 for real tokens and 0 for padding, T the longest length.
+def pad(sequences: Sequence[Sequence[int]], side: str = "right", pad_id: int = 0, multiple: int = 1,
+        limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T) and attention mask (B, T), 1 for real tokens and 0 for padding, T the longest length
+    rounded up to ``multiple`` (but not past ``limit``): a compiled model then meets few shapes.
 
     Right padding puts every sequence at position 0; left padding lines up their last tokens, which
     is what generation continues from.
     """
     if side not in PAD_SIDES:
         raise MiniGPTError(f"padding side must be one of {', '.join(PAD_SIDES)}; got {side!r}")
-    T = max(1, max((len(s) for s in sequences), default=1))
+    longest = max(1, max((len(s) for s in sequences), default=1))
+    T = multiple * math.ceil(longest / multiple)
+    T = max(longest, min(T, limit)) if limit is not None else T
     ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), T), dtype=torch.long)
     for row, s in enumerate(sequences):

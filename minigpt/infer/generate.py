@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..data.padding import pad
 from ..data.tokenizers import StreamDecoder, Tokenizer
 from ..errors import MiniGPTError
-from ..model.model import GPT
+from ..model.layers import KVCache
+from ..model.model import GPT, positions_from_mask
 
 # ----------------------------------------------------------------------------- logit processors
 
@@ -144,6 +145,25 @@ class TextStream:
 # ----------------------------------------------------------------------------- generation
 
 
+def compute_dtype(device: torch.device, weights: torch.Tensor) -> torch.dtype:
+    """The dtype activations are in: autocast's when it is on (so a KV cache is kept in bf16 under
+    bf16 autocast, not twice as large and recast in every layer), else the weights'."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        pass
+    return weights.dtype
+
+
+def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_mask: torch.Tensor,
+                 cache: KVCache) -> torch.Tensor:
+    """One new token per row against a static cache: shapes and Python numbers never change from one
+    call to the next, so this compiles once (with CUDA graphs under mode="reduce-overhead")."""
+    logits, _ = model(token, attention_mask=slot_mask, position_ids=position, kv_cache=cache, logits_to_keep=1)
+    return logits[:, -1, :]
+
+
 @torch.no_grad()
 def stream(
     model: GPT,
@@ -160,6 +180,8 @@ def stream(
     decode: Callable[[list[int]], str] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    static_cache: bool = False,
+    compile_decode: bool = False,
     step_logits: list | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(next_ids (B,), already_finished (B,) bool)`` once per step until every row has stopped;
@@ -167,7 +189,11 @@ def stream(
 
     A row stops after emitting one of ``stop_token_ids``, or when its generated text (via ``decode``)
     contains one of ``stop_strings``; the others go on. ``temperature=0`` or ``do_sample=False`` is
-    greedy. ``step_logits``, if a list, receives each step's processed logits (B, V) (for tests).
+    greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``); with ``compile_decode`` the
+    one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a list, receives each
+    step's processed logits (B, V) (for tests). Rows are checked for having stopped every step only
+    with stop strings (they need the text anyway); with stop tokens, every 8 steps; without either,
+    never: the loop then runs without a host sync of its own.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings)
     if stop_strings and decode is None:
@@ -176,31 +202,63 @@ def stream(
     model.eval()
     device = model.backbone.wte.weight.device
     block = model.config.block_size
-    seq, seq_mask = left_pad(prompts, device)  # (B, P)
-    B, V = seq.size(0), model.config.vocab_size
+    prompt, prompt_mask = left_pad(prompts, device)  # (B, P)
+    (B, P), V = prompt.shape, model.config.vocab_size
+    tokens = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)  # the rows, filled as they grow
+    real = torch.zeros_like(tokens)  # 1 for a real token, 0 for left padding
+    tokens[:, :P], real[:, :P] = prompt, prompt_mask
+    padded = bool((prompt_mask == 0).any())  # the one host sync before the first step; without padding no mask
+    n = P  # tokens so far in each row (padding included)
+
+    def mask(start: int, end: int) -> torch.Tensor | None:
+        return real[:, start:end] if padded else None
+
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     greedy = not do_sample or temperature == 0
     stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_ids: list[list[int]] = [[] for _ in range(B)]
-    cache = None
-    capacity = min(block, seq.size(1) + max_new_tokens)  # all a cache will hold, never more than block_size
+    capacity = min(block, P + max_new_tokens)  # all a cache will hold, never more than block_size
+    dtype = compute_dtype(device, model.backbone.wte.weight)
+    cache, held, step_fn = None, 0, _decode_step
+    if compile_decode:
+        step_fn = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
     try:
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if not use_cache:
-                logits, _ = model(seq[:, -block:], attention_mask=seq_mask[:, -block:], logits_to_keep=1)
-            elif cache is None or cache.length + 1 > block:  # (re)fill the cache from the recent context
-                keep = block if cache is None else block // 2
-                cache = model.backbone.new_kv_cache(B, capacity)
-                logits, _ = model(seq[:, -keep:], attention_mask=seq_mask[:, -keep:], kv_cache=cache, logits_to_keep=1)
-                cache_mask = seq_mask[:, -keep:]
+                start = max(0, n - block)
+                logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), logits_to_keep=1)
+                logits = logits[:, -1, :]
+            elif cache is None or held + 1 > block:  # (re)fill the cache from the recent context
+                start = max(0, n - (block if cache is None else block // 2))
+                held = n - start
+                cache = model.backbone.new_kv_cache(B, capacity, dtype, static=static_cache)
+                if static_cache:  # every slot is read: the mask covers them all, the prompt's slots first
+                    slot_mask = torch.zeros(B, capacity, dtype=torch.long, device=device)
+                    slot_mask[:, :held] = real[:, start:n]
+                    positions = positions_from_mask(slot_mask[:, :held])  # (B, held)
+                    logits, _ = model(tokens[:, start:n], attention_mask=slot_mask, position_ids=positions,
+                                      kv_cache=cache, logits_to_keep=1)
+                    next_position = positions[:, -1:] + 1  # (B, 1)
+                else:
+                    logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), kv_cache=cache,
+                                      logits_to_keep=1)
+                    cache_start = start
+                logits = logits[:, -1, :]
+            elif static_cache:  # one new token against every cached slot
+                slot_mask[:, held] = 1
+                logits = step_fn(model, tokens[:, n - 1:n], next_position, slot_mask, cache)
+                next_position = next_position + 1
+                held += 1
             else:  # one new token against the cached keys and values
-                cache_mask = torch.cat([cache_mask, torch.ones_like(cache_mask[:, :1])], dim=1)
-                logits, _ = model(seq[:, -1:], attention_mask=cache_mask, kv_cache=cache, logits_to_keep=1)
-            logits = logits[:, -1, :].float()  # (B, V)
+                logits, _ = model(tokens[:, n - 1:n], attention_mask=mask(cache_start, n), kv_cache=cache,
+                                  logits_to_keep=1)
+                logits = logits[:, -1, :]
+                held += 1
+            logits = logits.float()  # (B, V)
 
             if repetition_penalty is not None and repetition_penalty != 1.0:
-                seen = torch.zeros(B, V, device=device).scatter_add_(1, seq, seq_mask.float()) > 0  # (B, V)
+                seen = torch.zeros(B, V, device=device).scatter_add_(1, tokens[:, :n], real[:, :n].float()) > 0  # (B, V)
                 logits = apply_repetition_penalty(logits, seen, repetition_penalty)
             if not greedy:
                 logits = apply_temperature(logits, temperature)
@@ -221,15 +279,15 @@ def stream(
             if len(stops):
                 finished |= torch.isin(next_ids, stops)
             if stop_strings:
-                for row in range(B):
-                    if not was_finished[row]:
-                        new_ids[row].append(int(next_ids[row]))
+                for row, (token, done) in enumerate(zip(next_ids.tolist(), was_finished.tolist())):
+                    if not done:
+                        new_ids[row].append(token)
                         if any(s in decode(new_ids[row]) for s in stop_strings):
                             finished[row] = True
             yield next_ids, was_finished
-            seq = torch.cat([seq, next_ids[:, None]], dim=1)
-            seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], dim=1)
-            if finished.all():
+            tokens[:, n], real[:, n] = next_ids, 1
+            n += 1
+            if (stop_strings or (len(stops) and step % 8 == 7)) and finished.all():
                 break
     finally:
         model.train(was_training)
@@ -237,12 +295,10 @@ def stream(
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
     """The new token ids of each row (a stop token, when hit, is the last id). See ``stream``."""
-    out: list[list[int]] = [[] for _ in prompts]
-    for next_ids, done in stream(model, prompts, max_new_tokens, **kwargs):
-        for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
-            if not row_done:
-                out[row].append(token)
-    return out
+    steps = list(stream(model, prompts, max_new_tokens, **kwargs))
+    ids = torch.stack([s[0] for s in steps], dim=1).tolist()  # (B, steps): one copy to the host, at the end
+    done = torch.stack([s[1] for s in steps], dim=1).tolist()
+    return [[t for t, d in zip(row, row_done) if not d] for row, row_done in zip(ids, done)]
 
 
 def tokens_per_second(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> tuple[float, float]:

@@ -6,6 +6,8 @@ under a plain language model (``bench/lm_baseline.py`` compares them with fine-t
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -16,15 +18,17 @@ from ..model.model import GPT
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, data: EncodedTexts, n_classes: int, device: torch.device,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Class logits (N, K) for a whole split, in order. ``model`` is a ``GPTClassifier`` (or one
-    wrapped by ``torch.compile`` / DDP) in eval mode."""
-    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))  # similar lengths share a batch
-    logits = torch.empty(len(data), n_classes)
+                   batch_size: int = 64, indices: Sequence[int] | None = None, multiple: int = 1) -> torch.Tensor:
+    """Class logits (N, K) of ``indices`` (default: the whole split), in their order. ``model`` is a
+    ``GPTClassifier`` (or one wrapped by ``torch.compile`` / DDP) in eval mode; ``multiple``: round
+    each batch's length up to it (fewer shapes for a compiled model)."""
+    indices = list(range(len(data))) if indices is None else list(indices)
+    order = sorted(range(len(indices)), key=lambda i: len(data.ids[indices[i]]))  # similar lengths share a batch
+    logits = torch.empty(len(indices), n_classes)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
-        ids, mask, _ = data.batch(chunk, device)
-        logits[chunk] = model(ids, mask)[0].float().cpu()
+        ids, mask, _ = data.batch([indices[i] for i in chunk], device, multiple)
+        logits[chunk] = model(ids, mask, right_padded=True)[0].float().cpu()
     return logits
 
 

@@ -222,10 +222,13 @@ def hf_architecture(config: GPTConfig) -> str:
 
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The weights of ``model`` named and laid out as the Hugging Face class of ``hf_architecture`` expects.
-    A tied model has no ``lm_head.weight`` (as Hugging Face saves it)."""
-    if hf_architecture(model.config) == "gpt2":
-        return _gpt2_out(model)
-    return _llama_out(model)
+    A tied model has no ``lm_head.weight`` (as Hugging Face saves it); padding rows of the vocabulary are left out."""
+    tensors = _gpt2_out(model) if hf_architecture(model.config) == "gpt2" else _llama_out(model)
+    vocab = model.config.vocab_size
+    for name in ("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
+        if name in tensors:
+            tensors[name] = tensors[name][:vocab]
+    return tensors
 
 
 def _gpt2_out(model: GPT) -> dict[str, torch.Tensor]:

@@ -1,10 +1,10 @@
 """``GPTConfig``: the shape of a decoder-only transformer, validated on construction.
 
 Each field is stated once here, with its help text and allowed values; the training configs derive
-their model keys from these fields. Two fields are run-time choices rather than architecture:
-``dropout`` and ``attn_backend`` (see ``RUNTIME_FIELDS``). They may differ between runs of the same
-weights (fine-tuning with more dropout, checking with the manual attention), so checkpoints are
-compared on ``architecture()`` alone.
+their model keys from these fields. Three fields are run-time choices rather than architecture:
+``dropout``, ``attn_backend`` and ``grad_checkpoint`` (see ``RUNTIME_FIELDS``). They may differ
+between runs of the same weights (fine-tuning with more dropout, checking with the manual
+attention), so checkpoints are compared on ``architecture()`` alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation of GELU | the 
 POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal", "rope")  # a trained table (GPT-2) | fixed sinusoids | rotary (Llama)
 NORMS = ("layernorm", "rmsnorm")  # LayerNorm (GPT-2) | RMSNorm (Llama, Qwen2)
 MLPS = ("gelu", "swiglu")  # C -> 4C -> GELU -> C (GPT-2) | the gated SiLU form (Llama, Qwen2)
-RUNTIME_FIELDS = ("dropout", "attn_backend")  # not architecture: may change between runs of the same weights
+RUNTIME_FIELDS = ("dropout", "attn_backend", "grad_checkpoint")  # not architecture: may change between runs
 
 
 @dataclass
@@ -34,6 +34,9 @@ class GPTConfig:
     """
 
     vocab_size: int = setting(50257, "tokens in the vocabulary (set from the tokenizer)", within=AT_LEAST_1)
+    pad_vocab_multiple: int = setting(1, "round the embedding and LM head up to a multiple of this many rows (64 "
+                                         "makes the largest matmul faster on a GPU); the extra rows stay zero and "
+                                         "are never sampled or exported", within=AT_LEAST_1)
     block_size: int = setting(1024, "context length in tokens", within=AT_LEAST_1)
     n_layer: int = setting(12, "transformer blocks", within=AT_LEAST_1)
     n_head: int = setting(12, "attention heads per block", within=AT_LEAST_1)
@@ -59,6 +62,8 @@ class GPTConfig:
     dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches", within=UNIT)
     attn_backend: str = setting("sdpa", "attention: fused kernel, or the explicit softmax written out",
                                 ATTENTION_BACKENDS)
+    grad_checkpoint: bool = setting(False, "recompute each block's activations in the backward pass instead of "
+                                           "keeping them (less memory for long contexts, about a third more compute)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,6 +71,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the LM head: vocab_size rounded up to pad_vocab_multiple."""
+        return self.pad_vocab_multiple * math.ceil(self.vocab_size / self.pad_vocab_multiple)
 
     @property
     def kv_heads(self) -> int:

@@ -124,18 +124,21 @@ def norm_layer(config: GPTConfig, dim: int | None = None) -> nn.Module:
 # ----------------------------------------------------------------------------- attention
 
 
-def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
+def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int | None = None,
+                        query_start: torch.Tensor | None = None) -> torch.Tensor:
     """Combine the causal mask with a key-padding mask. True means "query may attend to key".
 
     attention_mask: (B, S), 1 for real tokens and 0 for padding, over every key (cached ones too).
-    The queries are the last ``n_queries`` positions (default all S). Returns (B, 1, T, S) bool.
-    A query always keeps its own position: a padding query whose earlier keys are all padding
+    The queries are the last ``n_queries`` positions (default all S), or, with ``query_start`` (a
+    0-d tensor: a static cache's next slot), the ``n_queries`` slots from there. Returns (B, 1, T, S)
+    bool. A query always keeps its own position: a padding query whose earlier keys are all padding
     (left padding) would otherwise have an all-masked row, and softmax over it is NaN. Real
     queries are unaffected, since their own position is a real key anyway.
     """
     S = attention_mask.size(-1)
     T = S if n_queries is None else n_queries
-    query_pos = torch.arange(S - T, S, device=attention_mask.device)[:, None]  # (T, 1) absolute positions
+    first = S - T if query_start is None else query_start
+    query_pos = first + torch.arange(T, device=attention_mask.device)[:, None]  # (T, 1) absolute positions
     key_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
     causal = key_pos <= query_pos  # (T, S)
     key_is_real = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
@@ -160,14 +163,17 @@ class KVCache:
 
     Decoding one token then costs one query against the cached keys instead of recomputing the
     whole sequence. It holds the key/value heads only (n_kv_head of them: grouped-query attention
-    shrinks it by n_head / n_kv_head). ``length`` counts the cached positions; the model advances it.
+    shrinks it by n_head / n_kv_head), in the dtype the model computes in. ``length`` counts the
+    cached positions; the model advances it. Attention reads the ``length`` filled slots.
     """
+
+    static = False
 
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D); only written slots are read
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
 
@@ -176,12 +182,37 @@ class KVCache:
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length:end] = k.to(self.k.dtype)
+        self.v[layer, :, :, self.length:end] = v.to(self.v.dtype)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
 
     def nbytes(self) -> int:
         return self.k.nelement() * self.k.element_size() * 2
+
+
+class StaticKVCache(KVCache):
+    """A cache of fixed shape for CUDA graphs: attention always reads all ``max_len`` slots (a mask
+    hides the empty ones), and the next slot to write is a tensor, ``pos``, so a compiled decode step
+    sees the same shapes and no Python number change from one token to the next."""
+
+    static = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pos = torch.zeros((), dtype=torch.long, device=self.k.device)  # the next slot
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys/values (B, Hkv, T, D) at slots pos ... pos + T - 1; return every slot (B, Hkv, max_len, D)."""
+        slots = self.pos + torch.arange(k.size(2), device=k.device)  # (T,)
+        self.k[layer].index_copy_(2, slots, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, slots, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        self.pos += n  # in place: the tensor a compiled graph holds moves on
 
 
 class CausalSelfAttention(nn.Module):
@@ -211,8 +242,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, T, C) new tokens; attention_mask: optional (B, S) over all S = cached + T keys,
-        1 = token, 0 = padding; kv_cache: keys/values of earlier tokens; rope: the rotary (cos, sin)
-        of the new tokens' positions. Returns (B, T, C)."""
+        1 = token, 0 = padding, or that mask already combined with the causal one, (B, 1, T, S) bool
+        (as the backbone builds it once for all layers; a static cache needs it); kv_cache: keys/values
+        of earlier tokens; rope: the rotary (cos, sin) of the new tokens' positions. Returns (B, T, C)."""
         T = x.size(1)
         q, k, v = self.c_attn(x).split(self.split, dim=-1)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.n_head)  # (B, H, T, D)
@@ -225,9 +257,11 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.update(self.layer_index, k, v)  # (B, Hkv, S, D), S = past + T
-        S = past + T
-        if attention_mask is not None:
+            k, v = kv_cache.update(self.layer_index, k, v)  # (B, Hkv, S, D), S = past + T (every slot if static)
+        S = k.size(2)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask  # (B, 1, T, S), combined by the caller
+        elif attention_mask is not None:
             mask = padding_causal_mask(attention_mask, T)  # (B, 1, T, S)
         elif past == 0 or T == 1:
             mask = None  # plain causal (or a single newest query, which may see every key)

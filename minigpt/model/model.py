@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..checkpoint import load_tensors, load_weights, read_safetensors_metadata, save_tensors
 from ..errors import MiniGPTError
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
-from .layers import Block, KVCache, RMSNorm, RotaryEmbedding, norm_layer, positional_embedding
+from .layers import (Block, KVCache, RMSNorm, RotaryEmbedding, StaticKVCache, norm_layer, padding_causal_mask,
+                     positional_embedding)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,7 @@ class GPTBackbone(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding (V, C)
+        self.wte = nn.Embedding(config.padded_vocab, config.n_embd)  # token embedding (V, C), V padded
         self.wpe = positional_embedding(config)  # learned (block_size, C) table, fixed sinusoids, or None
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos_embedding == "rope" else None
         self.drop = nn.Dropout(config.dropout)
@@ -73,31 +75,45 @@ class GPTBackbone(nn.Module):
         or (T,), by default counted from the mask (or from the cache length); kv_cache is read and
         extended by T positions. Returns hidden states (B, T, C)."""
         B, T = idx.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
-        if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
-            else:
-                position_ids = positions_from_mask(attention_mask)[:, past:]  # (B, T)
+        if kv_cache is not None and kv_cache.static:
+            if position_ids is None or attention_mask is None:
+                raise ValueError("a static KV cache needs position_ids and the attention_mask over all its slots")
+            mask = padding_causal_mask(attention_mask, T, query_start=kv_cache.pos)  # (B, 1, T, max_len)
+        else:
+            past = kv_cache.length if kv_cache is not None else 0
+            if past + T > self.config.block_size:
+                raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
+            if position_ids is None:
+                if attention_mask is None:
+                    position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
+                else:
+                    position_ids = positions_from_mask(attention_mask)[:, past:]  # (B, T)
+            # padding combined with causality once here, not in every layer
+            mask = padding_causal_mask(attention_mask, T) if attention_mask is not None else None  # (B, 1, T, S)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
         x = self.drop(x)
         rope = self.rotary(position_ids) if self.rotary is not None else None  # cos, sin: (B or 1, 1, T, D)
         for block in self.h:
-            x = block(x, attention_mask, kv_cache, rope)  # (B, T, C)
+            if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+                # keep only each block's input; its activations are recomputed in the backward pass
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, kv_cache, rope, use_reentrant=False)
+            else:
+                x = block(x, mask, kv_cache, rope)  # (B, T, C)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         return self.ln_f(x)  # (B, T, C)
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default block_size) tokens."""
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                     static: bool = False) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` (default block_size) tokens,
+        in ``dtype`` (default: the weights')."""
         cfg = self.config
         weight = self.wte.weight
-        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len or cfg.block_size, cfg.head_dim,
-                       weight.device, dtype or weight.dtype)
+        kind = StaticKVCache if static else KVCache
+        return kind(cfg.n_layer, batch_size, cfg.kv_heads, max_len or cfg.block_size, cfg.head_dim, weight.device,
+                    dtype or weight.dtype)
 
 
 class GPT(nn.Module):
@@ -111,7 +127,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = GPTBackbone(config)
-        self.head = LMHead(config.n_embd, config.vocab_size)
+        self.head = LMHead(config.n_embd, config.padded_vocab)
         if config.tie_weights:
             self.head.weight = self.backbone.wte.weight  # one (V, C) matrix reads and writes tokens
         self.reset_parameters()
@@ -135,6 +151,9 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
+        with torch.no_grad():  # padding rows: zero, and they stay so (their logits are cut off, so no gradient)
+            self.backbone.wte.weight[self.config.vocab_size:].zero_()
+            self.head.weight[self.config.vocab_size:].zero_()
 
     # --------------------------------------------------------------------------- forward
 
@@ -156,7 +175,9 @@ class GPT(nn.Module):
         hidden = self.backbone(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, k, C)
-        logits = self.head(hidden)  # (B, T, V)
+        logits = self.head(hidden)  # (B, T, V padded)
+        if self.config.padded_vocab != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (B, T, V): padding is never a prediction
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
@@ -241,8 +262,12 @@ class GPTClassifier(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         class_weights: torch.Tensor | None = None,
+        right_padded: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden = self.backbone(idx, attention_mask)  # (B, T, C)
+        """``right_padded``: the padding is at the end of each row, where causal attention already
+        keeps it from every real token; the mask then only guides the pooling and attention runs
+        unmasked (the flash kernel, no (B, 1, T, S) mask per batch). Left padding needs it in attention."""
+        hidden = self.backbone(idx, None if right_padded else attention_mask)  # (B, T, C)
         logits = self.head(hidden, attention_mask)  # (B, n_classes)
         loss = None
         if labels is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..checkpoint import write_json
@@ -31,7 +32,7 @@ from ..model.heads import POOLINGS, ClassificationHead
 from ..model.lora import apply_lora
 from ..model.model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
 from .config import LoopConfig, ModelFields
-from .loop import Task, batch_seed, distributed, fit, prepare_out_dir
+from .loop import Distributed, Task, batch_seed, distributed, fit, prepare_out_dir
 from .plots import plot_confusion
 
 STRATEGIES = ("full", "head", "last_n", "lora")  # what trains: everything | the head | the last blocks | LoRA adapters
@@ -206,12 +207,34 @@ def optimizer_for(model: GPTClassifier, cfg: ClassifyConfig, device: torch.devic
 # ----------------------------------------------------------------------------- training
 
 
-def evaluate_split(model: torch.nn.Module, data: EncodedTexts, names: list[str], device: torch.device) -> dict:
-    """Loss and the classification report of ``model`` on one split."""
-    logits = predict_logits(model, data, len(names), device)
+def evaluate_split(model: torch.nn.Module, data: EncodedTexts, names: list[str], device: torch.device,
+                   ddp: Distributed | None = None, multiple: int = 1) -> dict:
+    """Loss and the classification report of ``model`` on one split. Under DDP each process
+    predicts every world_size-th text and the logits are gathered, so the split is read once."""
+    if ddp is None or not ddp.enabled:
+        logits = predict_logits(model, data, len(names), device, multiple=multiple)
+    else:
+        logits = gathered_logits(model, data, len(names), device, ddp, multiple)
     report = classification_report(data.labels.tolist(), logits.argmax(-1).tolist(), names)
     report["loss"] = F.cross_entropy(logits, data.labels).item()
     return report
+
+
+def gathered_logits(model: torch.nn.Module, data: EncodedTexts, n_classes: int, device: torch.device,
+                    ddp: Distributed, multiple: int) -> torch.Tensor:
+    """Logits (N, K) of a split predicted in pieces: rank r takes texts r, r + W, r + 2W, ..."""
+    W, N = ddp.world_size, len(data)
+    share = -(-N // W)  # rows per rank, the last ones padded
+    mine = predict_logits(model, data, n_classes, device, indices=range(ddp.rank, N, W), multiple=multiple)
+    padded = torch.zeros(share, n_classes, device=device)
+    padded[: len(mine)] = mine.to(device)
+    pieces = [torch.empty_like(padded) for _ in range(W)]
+    dist.all_gather(pieces, padded)
+    logits = torch.empty(N, n_classes)
+    for rank, piece in enumerate(pieces):
+        rows = range(rank, N, W)
+        logits[list(rows)] = piece[: len(rows)].cpu()
+    return logits
 
 
 def finetune(cfg: ClassifyConfig) -> dict:
@@ -241,7 +264,7 @@ def finetune(cfg: ClassifyConfig) -> dict:
                   f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained | "
                   f"train {len(train_enc):,} / val {len(val_enc):,} / test {len(test_enc) if test_enc else 0:,} "
                   f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
-        task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner)
+        task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner, ddp)
         summary = fit(task, cfg, ddp, device, dtype)
         if not ddp.master or summary.get("eval_only"):
             return summary
@@ -256,11 +279,12 @@ def finetune(cfg: ClassifyConfig) -> dict:
 
 def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenizer, names: list[str],
                         train: EncodedTexts, val: EncodedTexts, lora: list[str], device: torch.device,
-                        banner: str) -> Task:
+                        banner: str, ddp: Distributed) -> Task:
     """The loop's view of fine-tuning: batches (epochs or a class-balanced sampler), loss, val metrics."""
     weights = class_weights(train.labels.tolist(), len(names)).to(device) if cfg.balance == "class_weights" else None
     sampler_probs = class_weights(train.labels.tolist(), len(names))[train.labels] if cfg.balance == "sampler" else None
     micros = cfg.gradient_accumulation_steps
+    multiple = 64 if cfg.compiles(device) else 1  # padded lengths in steps of 64: few shapes to compile for
 
     def batch(it: int, micro: int):
         if sampler_probs is not None:  # every class drawn equally often
@@ -268,10 +292,10 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
             indices = torch.multinomial(sampler_probs, cfg.batch_size, replacement=True, generator=gen).tolist()
         else:
             indices = epoch_indices(len(train), cfg.batch_size, it, micro, micros, cfg.seed)
-        return train.batch(indices, device)
+        return train.batch(indices, device, multiple)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        report = evaluate_split(m, val, names, device)
+        report = evaluate_split(m, val, names, device, ddp, multiple)
         return {"val_loss": report["loss"], "val_accuracy": report["accuracy"],
                 "val_macro_f1": report["macro avg"]["f1-score"]}
 
@@ -281,7 +305,7 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
             "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
     return Task(
         model=model, optimizer=optimizer_for(model, cfg, device), batch=batch,
-        loss=lambda m, b: m(b[0], b[1], b[2], weights)[1], evaluate=evaluate,
+        loss=lambda m, b: m(b[0], b[1], b[2], weights, right_padded=True)[1], evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
         units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
         banner=banner,

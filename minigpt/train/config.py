@@ -9,8 +9,11 @@ through ``minigpt.config_io.build_config``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, check_settings, setting
 from ..device import DEVICE_HELP, DTYPES
@@ -50,7 +53,8 @@ class LoopConfig:
     # system
     device: str = setting("auto", DEVICE_HELP)
     dtype: str = setting("auto", "auto: bf16 on capable CUDA, else fp32; float16 is for CUDA", ("auto", *DTYPES))
-    compile: bool = setting(False, "torch.compile the model")
+    compile: str = setting("auto", "torch.compile the model (auto: on CUDA under Linux)", ("auto", "true", "false"))
+    tf32: bool = setting(True, "on CUDA, let float32 matmuls use TF32 tensor cores (about 8x faster on an A100)")
     seed: int = setting(1337, "random seed (data order, init, dropout)", within=AT_LEAST_0)
     progress: bool = setting(True, "show a progress bar (on a terminal)")
 
@@ -67,8 +71,15 @@ class LoopConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def compiles(self, device: torch.device) -> bool:
+        """Whether to torch.compile: as asked, or by default on CUDA under Linux (where Triton is)."""
+        if self.compile == "auto":
+            return device.type == "cuda" and sys.platform.startswith("linux")
+        return self.compile == "true"
 
-SMALL_MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64)  # a training config's default shape
+
+# a training config's default shape; the vocabulary is padded to a multiple of 64 rows by default
+SMALL_MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pad_vocab_multiple=64)
 
 
 def _model_fields() -> type:

@@ -11,6 +11,7 @@ Progress lines go to the ``minigpt`` logger (the command-line tools print them).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -29,7 +30,8 @@ from tqdm import tqdm
 
 from ..checkpoint import (BEST, LAST, Checkpoint, load_checkpoint, output_dir, remove_stale_temporaries,
                           save_checkpoint)
-from ..device import autocast, keep_freed_host_memory, peak_dtype, resolve_device
+from ..device import (autocast, configure_matmul_precision, keep_freed_host_memory, peak_dtype, process_group_backend,
+                      resolve_device)
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
 from ..perf import measure_matmul_peak
@@ -105,7 +107,7 @@ def distributed(device_name: str) -> Iterator[tuple[Distributed, torch.device]]:
     if not ddp.enabled:
         yield ddp, resolve_device(device_name)
         return
-    backend = "nccl" if torch.cuda.is_available() and device_name in ("auto", "cuda") else "gloo"
+    backend = process_group_backend(device_name)
     dist.init_process_group(backend=backend)
     device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
@@ -280,18 +282,27 @@ class Run:
             torch.manual_seed(batch_seed(self.cfg.seed + self.ddp.rank, self.iter_num, 0))
 
     def start(self) -> None:
-        """Wrap the model (compile, DDP), measure the matmul peak for MFU, log the banner."""
+        """Wrap the model (DDP, then compile), set the matmul precision, measure the matmul peak for
+        MFU, log the banner."""
         if not self.cfg.resume and self.ddp.rank:
             torch.manual_seed(self.cfg.seed + self.ddp.rank)  # distinct dropout masks per rank
         self.task.model.train()  # a backbone loaded for fine-tuning arrives in eval mode (dropout off)
-        if self.cfg.compile:
-            self.model = torch.compile(self.model)
+        configure_matmul_precision(self.device, self.cfg.tf32)
         if self.ddp.enabled:
+            # DDP first, then compile: the compiled graph then leaves room for DDP's bucketed all-reduce
+            # to overlap the backward pass. No buffer needs broadcasting (none is trained), and the
+            # gradients live in DDP's buckets instead of being copied into them.
+            DDP = torch.nn.parallel.DistributedDataParallel
+            # no buffer sync in forward: forward_sync_buffers in newer torch (broadcast_buffers is deprecated there)
+            no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+                else "broadcast_buffers"
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.model = DDP(self.model, device_ids=device_ids, gradient_as_bucket_view=True, **{no_buffer_sync: False})
+        if self.cfg.compiles(self.device):
+            self.model = torch.compile(self.model)
         if self.device.type == "cpu":
             keep_freed_host_memory()  # each step reuses its activation memory instead of faulting it in anew
-        self.peak = measure_matmul_peak(self.device, peak_dtype(self.device, self.dtype), n=1024)
+        self.measure_peak()
         if self.ddp.master:
             processes = f", {self.ddp.world_size} processes" if self.ddp.enabled else ""
             log.info(f"{self.task.banner} | {self.task.units_per_step:,} {self.task.unit}/step | {self.device}, "
@@ -299,6 +310,13 @@ class Run:
         self.bar = tqdm(total=self.cfg.max_iters, initial=self.iter_num, desc="train", unit="step",
                         dynamic_ncols=True, file=sys.stderr,
                         disable=None if self.cfg.progress and self.ddp.master else True)  # None: only on a terminal
+
+    def measure_peak(self) -> None:
+        """The matmul peak MFU is a fraction of: the best seen so far. It is measured again at every
+        evaluation, so a peak read while the machine was busy (too low, which inflated MFU past 100%)
+        is replaced by a truer one."""
+        self.peak = max(self.peak if math.isfinite(self.peak) else 0.0,
+                        measure_matmul_peak(self.device, peak_dtype(self.device, self.dtype)))
 
     # --------------------------------------------------------------------------- evaluation and checkpoints
 
@@ -318,6 +336,7 @@ class Run:
         """Evaluate, log, save last (from the first step on) and best (from iteration 0 on); True when
         patience has run out. Nothing is saved unless the evaluation and the weights are finite."""
         self.last_metrics = self.evaluate()
+        self.measure_peak()
         self.log_record({"iter": self.iter_num, self.units_key: self.units_seen, **self.last_metrics})
         self.check_finite(f"the evaluation gave {format_metrics(self.last_metrics)}",
                           all(math.isfinite(v) for v in self.last_metrics.values()))
@@ -362,27 +381,26 @@ class Run:
     # --------------------------------------------------------------------------- one optimizer step
 
     def step(self) -> None:
-        """Accumulate gradients over this process's micro-batches, clip, and take one AdamW step."""
+        """Accumulate gradients over this process's micro-batches, clip, and take one AdamW step.
+
+        The next micro-batch is drawn while the accelerator still works on this one's forward pass
+        (the host copy overlaps it), and the loss is read back only at log_interval: no host sync per
+        step. A non-finite loss is therefore caught at the next log line; no checkpoint can take
+        its weights, since every save checks them first."""
         lr = learning_rate(self.iter_num, self.cfg)
         for group in self.task.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule
         step_loss = torch.zeros((), device=self.device)
+        first = self.ddp.rank * self.accum
+        batch = self.task.batch(self.iter_num, first)
         for micro in range(self.accum):
-            batch = self.task.batch(self.iter_num, self.ddp.rank * self.accum + micro)
             last_micro = micro == self.accum - 1  # DDP all-reduces the gradients once, after the last one
             with (nullcontext() if not self.ddp.enabled or last_micro else self.model.no_sync()), \
                     autocast(self.device, self.dtype):
                 loss = self.task.loss(self.model, batch) / self.accum
+            batch = None if last_micro else self.task.batch(self.iter_num, first + micro + 1)  # prefetch
             self.scaler.scale(loss).backward()
             step_loss += loss.detach().float()
-        if self.ddp.enabled:
-            dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
-        if not torch.isfinite(step_loss):
-            last = self.out_dir / LAST
-            raise NonFiniteLoss(
-                f"loss is {step_loss.item()} at iteration {self.iter_num}; stopped without saving. Last good "
-                f"checkpoint: {last if last.exists() else 'none yet'} (try a lower learning_rate or grad_clip)"
-            )
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.task.optimizer)
             params = [p for g in self.task.optimizer.param_groups for p in g["params"]]
@@ -398,10 +416,18 @@ class Run:
         """At each log_interval: a metrics.jsonl line (loss, lr, throughput, MFU) and the bar's postfix."""
         if self.iter_num % self.cfg.log_interval and self.iter_num != self.cfg.max_iters:
             return
+        if self.ddp.enabled:
+            dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+        loss = step_loss.item()  # the one host sync per log interval
+        if not math.isfinite(loss):
+            last = self.out_dir / LAST
+            raise NonFiniteLoss(
+                f"loss is {loss} at iteration {self.iter_num}; stopped without saving. Last good "
+                f"checkpoint: {last if last.exists() else 'none yet'} (try a lower learning_rate or grad_clip)"
+            )
         now = time.perf_counter()
         steps, elapsed = self.iter_num - self._window_start[0], now - self._window_start[1]
         self._window_start = (self.iter_num, now)
-        loss = step_loss.item()  # the one host sync per log interval
         rate = steps * self.task.units_per_step / elapsed
         unit = self.task.unit
         record = {"iter": self.iter_num, self.units_key: self.units_seen, "train_loss": loss, "lr": lr,

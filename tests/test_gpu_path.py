@@ -1,0 +1,241 @@
+"""The GPU path, checked on the CPU wherever it can be: defaults (dtype, TF32, compile, process
+group), vocabulary padding, DDP's wrapping, masks that keep the flash kernel, the KV cache's dtype
+and its static form, prefixes of wrapped models, a robust matmul peak, sharded classification
+evaluation, and bench/cuda_check.py's smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import minigpt.device as device_module
+from minigpt import GPT, GPTConfig
+from minigpt.checkpoint import load_weights, model_tensors, save_checkpoint, load_checkpoint
+from minigpt.device import configure_matmul_precision, process_group_backend, resolve_dtype
+from minigpt.infer.generate import generate
+from minigpt.interop.hf import to_hf_state_dict
+from minigpt.model.heads import ClassificationHead
+from minigpt.model.layers import CausalSelfAttention
+from minigpt.model.model import GPTClassifier
+from minigpt.train.config import LoopConfig
+from minigpt.train.loop import Distributed, Run, Task
+from minigpt.train.pretrain import PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_auto_dtype_falls_back_to_fp16_where_bf16_is_emulated(monkeypatch):
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)  # a T4 or V100
+    assert resolve_dtype(gpu, "auto") == torch.float16
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    assert resolve_dtype(gpu, "auto") == torch.bfloat16
+    assert resolve_dtype(torch.device("cpu"), "auto") == torch.float32
+
+
+def test_tf32_is_on_for_cuda_unless_turned_off():
+    before = torch.get_float32_matmul_precision()
+    try:
+        configure_matmul_precision(torch.device("cpu"), True)
+        assert torch.get_float32_matmul_precision() == before  # nothing off CUDA
+        configure_matmul_precision(torch.device("cuda"), True)
+        assert torch.get_float32_matmul_precision() == "high"
+        configure_matmul_precision(torch.device("cuda"), False)
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_compile_defaults_to_cuda_on_linux():
+    cfg = PretrainConfig()
+    assert cfg.compile == "auto" and not cfg.compiles(torch.device("cpu"))
+    assert cfg.compiles(torch.device("cuda")) == sys.platform.startswith("linux")
+    assert PretrainConfig(compile="true").compiles(torch.device("cpu"))
+    assert not PretrainConfig(compile="false").compiles(torch.device("cuda"))
+
+
+def test_cuda_n_under_torchrun_selects_nccl(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process_group_backend("cuda:1") == process_group_backend("cuda") == process_group_backend("auto") == "nccl"
+    assert process_group_backend("cpu") == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_group_backend("auto") == "gloo"
+
+
+def test_vocabulary_padding_changes_neither_loss_nor_sampling_nor_export():
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False)).eval()
+    padded = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False,
+                           pad_vocab_multiple=64)).eval()
+    assert padded.backbone.wte.weight.shape == (64, 16) and padded.head.weight.shape == (64, 16)
+    assert torch.count_nonzero(padded.backbone.wte.weight[50:]) == torch.count_nonzero(padded.head.weight[50:]) == 0
+    with torch.no_grad():  # the same real weights in both
+        for (name, p), q in zip(padded.named_parameters(), plain.parameters()):
+            p[: q.shape[0]].copy_(q) if name.endswith(("wte.weight", "head.weight")) else p.copy_(q)
+    idx = torch.randint(0, 50, (3, 16))
+    logits_p, loss_p = padded(idx, idx)
+    logits_u, loss_u = plain(idx, idx)
+    assert logits_p.shape == (3, 16, 50)
+    torch.testing.assert_close(logits_p, logits_u, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss_p, loss_u, atol=1e-6, rtol=0)
+    samples = generate(padded, [[1, 2, 3]] * 4, 30, temperature=2.0, seed=0)
+    assert max(max(row) for row in samples) < 50
+    loss_p.backward()
+    assert torch.count_nonzero(padded.backbone.wte.weight.grad[50:]) == 0  # pads get no gradient: they stay zero
+    exported = to_hf_state_dict(padded)
+    assert exported["transformer.wte.weight"].shape == (50, 16) and exported["lm_head.weight"].shape == (50, 16)
+
+
+def test_right_padded_classification_runs_attention_without_a_mask(monkeypatch):
+    torch.manual_seed(0)
+    for backend in ("sdpa", "manual"):
+        gpt = GPT(GPTConfig(vocab_size=60, block_size=24, n_layer=2, n_head=2, n_embd=16, attn_backend=backend))
+        model = GPTClassifier.from_gpt(gpt, ClassificationHead(16, 3, pooling="mean")).eval()
+        ids = torch.randint(1, 60, (3, 12))
+        mask = torch.ones(3, 12, dtype=torch.long)
+        mask[1, 7:], mask[2, 3:] = 0, 0
+        masked, _ = model(ids, mask)  # as before: the mask in attention too
+        seen = []
+        original = CausalSelfAttention.forward
+        monkeypatch.setattr(CausalSelfAttention, "forward",
+                            lambda self, x, attention_mask=None, *a, **k: seen.append(attention_mask) or
+                            original(self, x, attention_mask, *a, **k))
+        unmasked, _ = model(ids, mask, right_padded=True)
+        monkeypatch.setattr(CausalSelfAttention, "forward", original)
+        assert seen and all(m is None for m in seen)
+        torch.testing.assert_close(unmasked, masked, atol=1e-5, rtol=0)
+
+
+def test_the_kv_cache_is_kept_in_the_compute_dtype(monkeypatch):
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    made = []
+    original = model.backbone.new_kv_cache
+    monkeypatch.setattr(model.backbone, "new_kv_cache", lambda *a, **k: made.append(original(*a, **k)) or made[-1])
+    generate(model, [[1, 2, 3]], 4, do_sample=False)
+    assert made[-1].k.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate(model, [[1, 2, 3]], 4, do_sample=False)
+    assert made[-1].k.dtype == torch.bfloat16 and made[-1].k.shape[3] == 7  # prompt + new tokens, not block_size
+
+
+def test_prefixes_of_compiled_and_ddp_models_are_stripped(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    state = {f"_orig_mod.module.{k}": v for k, v in model.state_dict().items()}
+    fresh = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    load_weights(fresh, state, "wrapped", optional=["head.weight"])
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    compiled = torch.compile(model)  # not run: only its names
+    assert all(not k.startswith("_orig_mod") for k in model_tensors(compiled))
+    save_checkpoint(tmp_path / "c.safetensors", compiled, {"iter_num": 0})
+    assert all(not k.startswith("_orig_mod") for k in load_checkpoint(tmp_path / "c.safetensors").model)
+
+
+def test_ddp_wraps_first_then_compiles_with_the_right_options(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    wrapped = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(m) or m)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.Linear(4, 2)
+        task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda i, m: None,
+                    loss=lambda m, b: None, evaluate=lambda m: {}, score="val_loss", higher_is_better=False, meta={},
+                    units_per_step=1)
+        run = Run(task, LoopConfig(out_dir=str(tmp_path), compile="true", progress=False, device="cpu"),
+                  Distributed(True, 0, 0, 1), torch.device("cpu"), torch.float32)
+        run.start()
+        ddp = wrapped[0]
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)  # compile got the DDP module
+        buffer_sync = ddp.forward_sync_buffers if hasattr(ddp, "forward_sync_buffers") else ddp.broadcast_buffers
+        assert buffer_sync is False and ddp.gradient_as_bucket_view is True
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_matmul_peak_is_the_best_measured_so_far(tmp_path, monkeypatch):
+    readings = iter([1e9, 5e9, 3e9])
+    monkeypatch.setattr("minigpt.train.loop.measure_matmul_peak", lambda device, dtype: next(readings))
+    net = torch.nn.Linear(2, 2)
+    task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda i, m: None,
+                loss=lambda m, b: None, evaluate=lambda m: {}, score="val_loss", higher_is_better=False, meta={},
+                units_per_step=1)
+    run = Run(task, LoopConfig(out_dir=str(tmp_path), progress=False), Distributed(False), torch.device("cpu"),
+              torch.float32)
+    for expected in (1e9, 5e9, 5e9):
+        run.measure_peak()
+        assert run.peak == expected
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16, grad_checkpoint=flag))
+        idx = torch.randint(0, 30, (2, 16), generator=torch.Generator().manual_seed(1))
+        model(idx, idx)[1].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_sharded_classification_eval_equals_one_process(tmp_path):
+    rows = ["text,label"] + [f"{'great' if i % 3 else 'awful'} film number {i},{'pos' if i % 3 else 'neg'}"
+                             for i in range(90)]
+    (tmp_path / "d.csv").write_text("\n".join(rows), encoding="utf-8")
+    args = [str(REPO / "train.py"), "--task=classify", f"--train_file={tmp_path / 'd.csv'}", "--init_from=scratch",
+            "--tokenizer=char", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4",
+            "--gradient_accumulation_steps=2", "--max_iters=4", "--eval_interval=2", "--progress=false", "--plot=false",
+            "--device=cpu", "--split=0.6,0.3,0.1", "--dropout=0.0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, f"--out_dir={tmp_path / 'one'}"], capture_output=True, text=True,
+                         timeout=300, cwd=REPO, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+                          f"--out_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+    def evaluations(out):
+        return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+
+    a, b = evaluations(tmp_path / "one"), evaluations(tmp_path / "two")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["val_accuracy"] == y["val_accuracy"] and x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-4)
+
+
+def test_cuda_check_runs_on_the_cpu(tmp_path):
+    """bench/cuda_check.py at tiny shapes on the CPU: every check runs (the CUDA-only ones skip)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cuda_check.py"), "--device", "cpu", "--tiny",
+                           "--json", str(tmp_path / "c.json")], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["check"]: r["status"] for r in json.loads((tmp_path / "c.json").read_text())["rows"]}
+    assert rows == {"env": "PASS", "attention": "PASS", "greedy": "PASS", "flash": "SKIP", "syncs": "SKIP",
+                    "compile": "PASS", "speed": "PASS", "torchrun": "SKIP", "fp16": "SKIP", "generation": "PASS",
+                    "resume": "PASS"}
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+def test_static_cache_equals_dynamic_cache_equals_no_cache_on_greedy_decoding(backend, monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                          pos_embedding="rope", attn_backend=backend)).eval()
+    with torch.no_grad():  # spread the logits: no near-ties for greedy decoding to break differently
+        model.backbone.wte.weight.mul_(8)
+    prompts = [[5, 17, 3, 44, 9, 61, 2], [8, 1], [70, 33, 12, 4]]  # left-padded to 7
+    for new in (10, 30):  # within block_size, and past it (the cache is refilled from the recent half)
+        plain = generate(model, prompts, new, do_sample=False, use_cache=False)
+        assert generate(model, prompts, new, do_sample=False) == plain
+        assert generate(model, prompts, new, do_sample=False, static_cache=True) == plain
+    # the compiled decode step (traced without a C++ build here: the same graph, the suite stays fast)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
+    assert generate(model, prompts, 10, do_sample=False, static_cache=True, compile_decode=True) == \
+        generate(model, prompts, 10, do_sample=False, use_cache=False)
