@@ -16,3 +16,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def check_export_round_trip():
+    """A check for any Hugging Face causal LM: import its weights, export them again (exactly its
+    tensors, the tied head stored once), load the export into a fresh model of its class, and import
+    that back to exactly the weights first imported."""
+    from minigpt.interop.hf import from_hf_state_dict, to_hf_config, to_hf_state_dict
+
+    def check(hf, tie: bool) -> None:
+        ours = from_hf_state_dict(hf.config.to_dict(), hf.state_dict())
+        exported = to_hf_state_dict(ours)
+        reference = {k: v for k, v in hf.state_dict().items() if not (tie and k == "lm_head.weight")}
+        assert set(exported) == set(reference)
+        for key, value in reference.items():
+            assert torch.equal(exported[key], value), key
+        cls = type(hf)
+        fresh = cls(cls.config_class(**to_hf_config(ours.config)))
+        fresh.load_state_dict(exported, strict=not tie)
+        again = from_hf_state_dict(fresh.config.to_dict(), fresh.state_dict())
+        for (k1, v1), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+            assert k1 == k2 and torch.equal(v1, v2), k1
+
+    return check

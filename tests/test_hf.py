@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, MiniGPTError, load_hf, save_hf
-from minigpt.interop.hf import from_hf_state_dict, to_hf_state_dict
+from minigpt.interop.hf import from_hf_state_dict, to_hf_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,19 +44,8 @@ def test_logits_match_gpt2lmheadmodel(tie, backend):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_export_round_trips_exactly(tie):
-    hf = hf_model(tie, seed=1)
-    ours = from_hf_state_dict(hf.config.to_dict(), hf.state_dict())
-    exported = to_hf_state_dict(ours)
-    reference = {k: v for k, v in hf.state_dict().items() if not (tie and k == "lm_head.weight")}
-    assert set(exported) == set(reference)
-    for key, value in reference.items():
-        assert torch.equal(exported[key], value), key
-    fresh = transformers.GPT2LMHeadModel(hf.config)
-    fresh.load_state_dict(exported, strict=not tie)
-    again = from_hf_state_dict(fresh.config.to_dict(), fresh.state_dict())
-    for (k1, v1), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
-        assert k1 == k2 and torch.equal(v1, v2), k1
+def test_export_round_trips_exactly(tie, check_export_round_trip):
+    check_export_round_trip(hf_model(tie, seed=1), tie)
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -115,8 +104,6 @@ def test_missing_or_wrong_directories_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("vocab, eot", [(50257, 50256), (97, None)])
 def test_exported_config_names_end_of_text_only_for_the_gpt2_vocabulary(vocab, eot):
     """GPT2Config's default bos/eos id (50256) would lie outside a character vocabulary."""
-    from minigpt.interop.hf import to_hf_config
-
     hf_config = to_hf_config(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=8))
     assert hf_config["bos_token_id"] == hf_config["eos_token_id"] == eot
     assert transformers.GPT2Config(**hf_config).eos_token_id == eot
