@@ -203,6 +203,8 @@ class StaticKVCache(KVCache):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pos = torch.zeros((), dtype=torch.long, device=self.k.device)  # the next slot
+        for buffer in (self.k, self.v, self.pos):  # written in place by a compiled step: fixed addresses let
+            torch._dynamo.mark_static_address(buffer)  # CUDA graphs replay instead of being skipped
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write new keys/values (B, Hkv, T, D) at slots pos ... pos + T - 1; return every slot (B, Hkv, max_len, D)."""
