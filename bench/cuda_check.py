@@ -49,7 +49,7 @@ from minigpt.data.tokenizers import GPT2Tokenizer  # noqa: E402
 from minigpt.device import autocast, native_bf16, resolve_device  # noqa: E402
 from minigpt.infer.generate import generate, stream  # noqa: E402
 from minigpt.model.layers import CausalSelfAttention, KVCache  # noqa: E402
-from minigpt.perf import datasheet_peak, measure_matmul_peak  # noqa: E402
+from minigpt.perf import datasheet_peak, measure_matmul_peak, sync  # noqa: E402
 from minigpt.train.loop import Distributed, Run  # noqa: E402
 from minigpt.train.pretrain import PretrainConfig, pretrain_task, train  # noqa: E402
 
@@ -72,11 +72,6 @@ def check(name: str):
                 traceback.print_exc(limit=3)
         return run
     return wrap
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compile_for(module, device: torch.device, tiny: bool, **kw):

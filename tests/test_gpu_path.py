@@ -16,7 +16,7 @@ import torch
 
 import minigpt.device as device_module
 from minigpt import GPT, GPTConfig
-from minigpt.checkpoint import load_weights, model_tensors, save_checkpoint, load_checkpoint
+from minigpt.checkpoint import load_checkpoint, load_weights, model_tensors, save_checkpoint
 from minigpt.device import configure_matmul_precision, process_group_backend, resolve_dtype
 from minigpt.infer.generate import generate
 from minigpt.interop.hf import to_hf_state_dict
@@ -137,6 +137,14 @@ def test_prefixes_of_compiled_and_ddp_models_are_stripped(tmp_path):
     assert all(not k.startswith("_orig_mod") for k in load_checkpoint(tmp_path / "c.safetensors").model)
 
 
+def linear_task() -> Task:
+    """A Task around one Linear layer, for checks of how the loop wraps and measures (nothing trains)."""
+    net = torch.nn.Linear(4, 2)
+    return Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda i, m: None,
+                loss=lambda m, b: None, evaluate=lambda m: {}, score="val_loss", higher_is_better=False, meta={},
+                units_per_step=1)
+
+
 def test_ddp_wraps_first_then_compiles_with_the_right_options(tmp_path, monkeypatch):
     import torch.distributed as dist
 
@@ -144,11 +152,7 @@ def test_ddp_wraps_first_then_compiles_with_the_right_options(tmp_path, monkeypa
     monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(m) or m)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        net = torch.nn.Linear(4, 2)
-        task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda i, m: None,
-                    loss=lambda m, b: None, evaluate=lambda m: {}, score="val_loss", higher_is_better=False, meta={},
-                    units_per_step=1)
-        run = Run(task, LoopConfig(out_dir=str(tmp_path), compile="true", progress=False, device="cpu"),
+        run = Run(linear_task(), LoopConfig(out_dir=str(tmp_path), compile="true", progress=False, device="cpu"),
                   Distributed(True, 0, 0, 1), torch.device("cpu"), torch.float32)
         run.start()
         ddp = wrapped[0]
@@ -162,11 +166,7 @@ def test_ddp_wraps_first_then_compiles_with_the_right_options(tmp_path, monkeypa
 def test_the_matmul_peak_is_the_best_measured_so_far(tmp_path, monkeypatch):
     readings = iter([1e9, 5e9, 3e9])
     monkeypatch.setattr("minigpt.train.loop.measure_matmul_peak", lambda device, dtype: next(readings))
-    net = torch.nn.Linear(2, 2)
-    task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda i, m: None,
-                loss=lambda m, b: None, evaluate=lambda m: {}, score="val_loss", higher_is_better=False, meta={},
-                units_per_step=1)
-    run = Run(task, LoopConfig(out_dir=str(tmp_path), progress=False), Distributed(False), torch.device("cpu"),
+    run = Run(linear_task(), LoopConfig(out_dir=str(tmp_path), progress=False), Distributed(False), torch.device("cpu"),
               torch.float32)
     for expected in (1e9, 5e9, 5e9):
         run.measure_peak()

@@ -44,7 +44,8 @@ from ..errors import MiniGPTError, MiniGPTWarning
 from .shards import ShardWriter, token_dtype
 from .sources import (Source, Unit, find_sources, gzip_units, line_number, parquet_file, parquet_units, plain_units,
                       unit_records, unit_text)
-from .tokenizers import CharTokenizer, Tokenizer, UnknownCharacter, build_tokenizer, tokenizer_from_meta
+from .tokenizers import (CharTokenizer, Tokenizer, UnknownCharacter, build_tokenizer, document_start,
+                         tokenizer_from_meta)
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +179,18 @@ def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str,
 
 
 def _tokenize(job: tuple[Unit, str | None]) -> dict:
-    """A unit's tokens per split (each document led by the end-of-text token), with its counts."""
+    """A unit's tokens per split (each document led by ``document_start``), with its counts."""
     unit, split = job
     tok = _worker["tok"]
     dtype = token_dtype(tok.vocab_size)
-    first = tok.bos_token if tok.bos_token is not None else tok.eot_token  # what begins each document
-    eot = np.array([first], dtype=dtype) if first is not None else None
+    first = document_start(tok)
+    lead = np.array([first], dtype=dtype) if first is not None else None  # put before each document
     out = {name: {"ids": [], "documents": 0, "bytes": 0, "nonblank": 0} for name in SPLITS}
     try:
         for name, text, starts, where in _documents(_worker["plan"], unit, split):
             part = out[name]
-            if starts and eot is not None:
-                part["ids"].append(eot)
+            if starts and lead is not None:
+                part["ids"].append(lead)
             try:
                 part["ids"].append(tok.encode_array(text))
             except UnknownCharacter as err:

@@ -53,6 +53,13 @@ class Tokenizer(Protocol):
     def to_meta(self) -> dict: ...
 
 
+def document_start(tok: Tokenizer) -> int | None:
+    """The token a prepared corpus puts before each document, where ``bos_aligned`` windows start:
+    the tokenizer's beginning of text, else its end of text (GPT-2's ``<|endoftext|>``, as in llm.c's
+    shards); None for a tokenizer with neither (characters)."""
+    return tok.bos_token if tok.bos_token is not None else tok.eot_token
+
+
 def _gpt2_byte_alphabet() -> dict[str, int]:
     """GPT-2 stores each byte as a printable unicode character in encoder.json; map it back.
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from ..config_io import setting
 from ..data.loader import Windows, load_meta, open_split
-from ..data.tokenizers import tokenizer_from_meta
+from ..data.tokenizers import document_start, tokenizer_from_meta
 from ..device import resolve_dtype, seed_everything
 from ..errors import MiniGPTError
 from ..loading import load_model
@@ -49,8 +49,7 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
     else:
         model = GPT(cfg.model_config(vocab_size=meta["vocab_size"])).to(device)
     block_size = model.config.block_size
-    tok = tokenizer_from_meta(meta["tokenizer"])
-    bos = (tok.bos_token if tok.bos_token is not None else tok.eot_token) if cfg.bos_aligned else None
+    bos = document_start(tokenizer_from_meta(meta["tokenizer"])) if cfg.bos_aligned else None
     if cfg.bos_aligned and bos is None:
         raise MiniGPTError(f"bos_aligned needs a tokenizer with a token that begins documents; {cfg.data_dir} uses "
                            f"{meta['tokenizer'].get('kind')!r}")
