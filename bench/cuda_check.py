@@ -18,7 +18,8 @@ Checks (each row PASS, FAIL or SKIP with the numbers behind it):
   fp16            20 fp16 steps with the grad scaler, no NaN
   generation      batch 1 and 8, a 128-token prompt, 256 new tokens: dynamic and static cache (the
                   static one with a compiled decode step) against HF generate() (target: static >= 2x HF at batch 1)
-  resume          10 + resume + 10 steps equal 20 straight
+  resume          10 + resume + 10 steps equal 20 straight (to 1e-6, or to twice the difference between two
+                  straight runs where the GPU's kernels are not bit-reproducible)
 """
 
 from __future__ import annotations
@@ -54,22 +55,35 @@ from minigpt.train.loop import Distributed, Run  # noqa: E402
 from minigpt.train.pretrain import PretrainConfig, pretrain_task, train  # noqa: E402
 
 ROWS: list[dict] = []
+REPORT: dict = {"json": None, "started": time.perf_counter()}  # where the rows are written, after every row
 
 
 def row(name: str, status: str, detail: str, **numbers) -> None:
     ROWS.append({"check": name, "status": status, "detail": detail, **numbers})
     print(f"{name:<11} {status:<5} {detail}", flush=True)
+    write_report()
+
+
+def write_report() -> None:
+    """The JSON so far: a run cut short by a time limit still leaves every row it finished."""
+    if REPORT["json"]:
+        Path(REPORT["json"]).write_text(json.dumps({"rows": ROWS, "seconds": time.perf_counter() - REPORT["started"]},
+                                                   indent=2))
 
 
 def check(name: str):
-    """Run one check; an exception is a FAIL row with its message, never the end of the run."""
+    """Run one check, timed; an exception is a FAIL row with its message, never the end of the run."""
     def wrap(fn):
         def run(*args, **kwargs):
+            start, first_row = time.perf_counter(), len(ROWS)
             try:
                 fn(*args, **kwargs)
             except Exception as err:  # a failed check is reported, and the others still run
                 row(name, "FAIL", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
                 traceback.print_exc(limit=3)
+            for r in ROWS[first_row:]:
+                r["seconds"] = time.perf_counter() - start  # compilation included
+            write_report()
         return run
     return wrap
 
@@ -268,7 +282,7 @@ def speed(device: torch.device, tiny: bool) -> None:
     from train_speed import HFBaseline, train_iteration
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    B, steps, warmup = (2, 3, 1) if tiny else (16, 12, 4)
+    B, steps, warmup = (2, 3, 1) if tiny else (16, 20, 4)
     shape = dict(n_layer=2, n_head=2, n_embd=64, block_size=64) if tiny else dict(n_layer=12, n_head=12, n_embd=768,
                                                                                   block_size=1024)
     peak = measure_matmul_peak(device, dtype)
@@ -282,12 +296,12 @@ def speed(device: torch.device, tiny: bool) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
         step_model = compile_for(model, device, tiny)
         gen = torch.Generator().manual_seed(2)
-        batches = [torch.randint(0, 50257, (B, shape["block_size"] + 1), generator=gen) for _ in range(steps + warmup)]
+        batches = [torch.randint(0, 50257, (B, shape["block_size"] + 1), generator=gen).to(device)
+                   for _ in range(steps + warmup)]  # on the device before the clock starts: the models are timed
         for i, batch in enumerate(batches):
             if i == warmup:
                 sync(device)
                 start = time.perf_counter()
-            batch = batch.to(device)
             train_iteration(step_model, optimizer, [(batch[:, :-1], batch[:, 1:])], dtype, device)
         sync(device)
         seconds = time.perf_counter() - start
@@ -358,7 +372,7 @@ def generation(device: torch.device, tiny: bool) -> None:
         timings = {}
         for name, kw in (("dynamic", {}), ("static", dict(static_cache=True, compile_decode=device.type == "cuda"))):
             with autocast(device, dtype):
-                generate(model, prompts, 8, do_sample=False, **kw)  # warm-up (compiles)
+                generate(model, prompts, new, do_sample=False, **kw)  # warm-up: compiles and records the CUDA graph
                 sync(device)
                 start = time.perf_counter()
                 generate(model, prompts, new, do_sample=False, **kw)
@@ -366,7 +380,7 @@ def generation(device: torch.device, tiny: bool) -> None:
             timings[name] = batch * new / (time.perf_counter() - start)
         ids = torch.tensor(prompts, device=device)
         with torch.no_grad(), autocast(device, dtype):
-            hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+            hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
             sync(device)
             start = time.perf_counter()
             hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
@@ -384,13 +398,19 @@ def generation(device: torch.device, tiny: bool) -> None:
 def resume(device: torch.device, work: Path, tiny: bool) -> None:
     data = synthetic_data(work, 50257, 200_000)
     name = device.type
-    train(small_cfg(data, work / "straight", name, tiny, dropout=0.1))
+    for straight in ("straight", "again"):  # twice: how far two identical runs drift apart (atomics in kernels)
+        train(small_cfg(data, work / straight, name, tiny, dropout=0.1))
     train(small_cfg(data, work / "half", name, tiny, dropout=0.1, max_iters=10))
     train(small_cfg(data, work / "half", name, tiny, dropout=0.1, resume=True))
-    a, b = load_checkpoint(work / "straight" / LAST).model, load_checkpoint(work / "half" / LAST).model
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    row("resume", "PASS" if diff <= 1e-6 else "FAIL", f"10 + resume + 10 against 20 straight: max |dw| {diff:.2e}",
-        diff=diff)
+
+    def max_difference(x: str, y: str) -> float:
+        a, b = load_checkpoint(work / x / LAST).model, load_checkpoint(work / y / LAST).model
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+
+    diff, floor = max_difference("straight", "half"), max_difference("straight", "again")
+    ok = diff <= max(1e-6, 2 * floor)
+    row("resume", "PASS" if ok else "FAIL", f"10 + resume + 10 against 20 straight: max |dw| {diff:.2e} (two straight "
+        f"runs: {floor:.2e}; tolerance the larger of 1e-6 and twice that)", diff=diff, floor=floor)
 
 
 def main() -> int:
@@ -401,7 +421,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="run only these checks")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    started = time.perf_counter()
+    REPORT["json"] = args.json
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         checks = [("env", lambda: env(device)), ("attention", lambda: attention(device, args.tiny)),
@@ -414,11 +434,11 @@ def main() -> int:
         for name, fn in checks:
             if not args.only or name in args.only:
                 fn()
-    seconds = time.perf_counter() - started
-    Path(args.json).write_text(json.dumps({"rows": ROWS, "seconds": seconds}, indent=2))
-    print(f"\n| check | status | result |\n|---|---|---|")
+    seconds = time.perf_counter() - REPORT["started"]
+    write_report()
+    print(f"\n| check | status | s | result |\n|---|---|---|---|")
     for r in ROWS:
-        print(f"| {r['check']} | {r['status']} | {r['detail']} |")
+        print(f"| {r['check']} | {r['status']} | {r.get('seconds', 0):.0f} | {r['detail']} |")
     counts = {status: sum(r["status"] == status for r in ROWS) for status in ("PASS", "FAIL", "SKIP")}
     print(f"\nchecks: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {seconds:.0f} s")
     return 1 if any(r["status"] == "FAIL" for r in ROWS) else 0

@@ -1,7 +1,8 @@
 """The GPU path, checked on the CPU wherever it can be: defaults (dtype, TF32, compile, process
 group), vocabulary padding, DDP's wrapping, masks that keep the flash kernel, the KV cache's dtype
-and its static form, prefixes of wrapped models, a robust matmul peak, sharded classification
-evaluation, and bench/cuda_check.py's smoke run."""
+and its static form, no value read back to the host per step or per token, one compilation of the
+decode step, prefixes of wrapped models, a robust matmul peak, sharded classification evaluation,
+and bench/cuda_check.py's smoke run."""
 
 from __future__ import annotations
 
@@ -13,19 +14,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import minigpt.device as device_module
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_checkpoint, load_weights, model_tensors, save_checkpoint
 from minigpt.device import configure_matmul_precision, process_group_backend, resolve_dtype
-from minigpt.infer.generate import generate
+from minigpt.data.corpus import prepare_corpus
+from minigpt.infer.generate import generate, stream
 from minigpt.interop.hf import to_hf_state_dict
 from minigpt.model.heads import ClassificationHead
 from minigpt.model.layers import CausalSelfAttention
 from minigpt.model.model import GPTClassifier
 from minigpt.train.config import LoopConfig
 from minigpt.train.loop import Distributed, Run, Task
-from minigpt.train.pretrain import PretrainConfig
+from minigpt.train.pretrain import PretrainConfig, pretrain_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,3 +242,81 @@ def test_static_cache_equals_dynamic_cache_equals_no_cache_on_greedy_decoding(ba
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
     assert generate(model, prompts, 10, do_sample=False, static_cache=True, compile_decode=True) == \
         generate(model, prompts, 10, do_sample=False, use_cache=False)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operators that bring a tensor's value back to the host (``.item()``, ``bool()``,
+    ``nonzero``, ...): on a GPU each one makes the host wait for the device. (``tolist()`` on a CPU
+    tensor dispatches nothing; on CUDA it is a copy that the profile of bench/cuda_check.py counts.)"""
+
+    READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+             "aten::unique_consecutive", "aten::unique_dim"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func._schema.name in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_read_nothing_back_between_log_lines(tmp_path):
+    (tmp_path / "input.txt").write_text((REPO / "data" / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    prepare_corpus(tmp_path / "input.txt", tmp_path / "char", "char", progress=False)
+    cfg = PretrainConfig(data_dir=str(tmp_path / "char"), out_dir=str(tmp_path / "out"), n_layer=1, n_head=2, n_embd=16,
+                         block_size=16, batch_size=2, gradient_accumulation_steps=2, grad_clip=1.0, max_iters=100,
+                         log_interval=10, progress=False, plot=False, device="cpu")
+    (tmp_path / "out").mkdir()
+    cpu = torch.device("cpu")
+    run = Run(pretrain_task(cfg, Distributed(False), cpu), cfg, Distributed(False), cpu, torch.float32)
+    run.start()
+    with HostReads() as reads:
+        for _ in range(9):
+            run.step()
+    assert reads.count == 0
+    with HostReads() as reads:
+        run.step()  # iteration 10: the log line reads the loss
+    assert reads.count == 1
+
+
+def test_generation_reads_back_once_per_call_not_per_token():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=32)).eval()
+    prompts = [[5, 17, 3, 44], [8, 1]]
+    for kw in (dict(use_cache=False), dict(), dict(static_cache=True), dict(top_k=5, top_p=0.9, seed=0)):
+        with HostReads() as reads:
+            generate(model, prompts, 20, **kw)
+        assert reads.count == 1, kw  # whether the prompts need padding, before the first token
+    with HostReads() as reads:
+        generate(model, prompts, 24, do_sample=False, stop_token_ids=[96])  # never chosen: all 24 steps run
+    assert reads.count == 1 + 3  # and whether every row has stopped, every 8 tokens
+
+
+def test_a_compiled_decode_step_compiles_once_and_keeps_its_static_cache(monkeypatch):
+    """Generations of one batch size, of several lengths, past block_size too, use one compiled step
+    and the same cache tensors (which a CUDA graph needs to replay, not re-record); a second
+    generation running at the same time gets its own cache."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=32)).eval()
+    with torch.no_grad():
+        model.backbone.wte.weight.mul_(8)  # no near-ties for greedy decoding
+    graphs, made = [], []
+    real_compile, real_new = torch.compile, model.backbone.new_kv_cache
+
+    def counting_backend(gm, example_inputs):  # one object: torch.compile guards on the backend too
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting_backend, dynamic=False))
+    monkeypatch.setattr(model.backbone, "new_kv_cache", lambda *a, **k: made.append(real_new(*a, **k)) or made[-1])
+    prompts = [[5, 17, 3, 44, 9, 61, 2], [8, 1]]
+    for new in (8, 10, 30):  # 30: the cache is refilled past block_size
+        assert generate(model, prompts, new, do_sample=False, static_cache=True, compile_decode=True) == \
+            generate(model, prompts, new, do_sample=False, use_cache=False)
+    assert len(graphs) == 1 and len(made) == 1
+    first, second = (stream(model, p, 12, do_sample=False, static_cache=True) for p in ([[1, 2]] * 2, [[3, 4]] * 2))
+    steps = [(next(first)[0], next(second)[0]) for _ in range(12)]  # interleaved
+    assert torch.stack([a for a, _ in steps], 1).tolist() == generate(model, [[1, 2]] * 2, 12, do_sample=False)
+    assert torch.stack([b for _, b in steps], 1).tolist() == generate(model, [[3, 4]] * 2, 12, do_sample=False)
+    assert sum(cache.static for cache in made) == 2  # the first stream took the idle cache, the second made one

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from ..data.padding import pad
 from ..data.tokenizers import StreamDecoder, Tokenizer
 from ..errors import MiniGPTError
-from ..model.layers import KVCache
+from ..model.layers import KVCache, StaticKVCache
 from ..model.model import GPT, positions_from_mask
 
 # ----------------------------------------------------------------------------- logit processors
@@ -156,6 +157,29 @@ def compute_dtype(device: torch.device, weights: torch.Tensor) -> torch.dtype:
     return weights.dtype
 
 
+# A static cache's length is rounded up to a multiple of this (at most block_size): prompts and
+# lengths of one batch size then share a few shapes, and a compiled decode step a few compilations.
+STATIC_CACHE_MULTIPLE = 256
+
+# Each model's idle static cache, reused by the next generation of the same shape. A compiled decode
+# step reads and writes the cache in place, so the same tensors let its CUDA graph replay; a new cache
+# would re-record it (or recompile, on torch versions that guard static addresses). Weakly keyed: it
+# is freed with the model.
+_idle_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def take_static_cache(model: GPT, batch_size: int, max_len: int, dtype: torch.dtype) -> StaticKVCache:
+    """The model's idle static cache if it has this shape, dtype and device (emptied), else a new one.
+    It is taken out while in use, so two generations running at once never share one."""
+    cache = _idle_static_caches.pop(model, None)
+    weight = model.backbone.wte.weight
+    if cache is not None and (cache.k.shape[1], cache.max_len, cache.k.dtype, cache.k.device) == \
+            (batch_size, max_len, dtype, weight.device):
+        cache.reset()
+        return cache
+    return model.backbone.new_kv_cache(batch_size, max_len, dtype, static=True)
+
+
 def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_mask: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
     """One new token per row against a static cache: shapes and Python numbers never change from one
@@ -189,8 +213,9 @@ def stream(
 
     A row stops after emitting one of ``stop_token_ids``, or when its generated text (via ``decode``)
     contains one of ``stop_strings``; the others go on. ``temperature=0`` or ``do_sample=False`` is
-    greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``); with ``compile_decode`` the
-    one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a list, receives each
+    greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``, its length a multiple of
+    ``STATIC_CACHE_MULTIPLE``), kept with the model for the next generation of that shape; with
+    ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a list, receives each
     step's processed logits (B, V) (for tests). Rows are checked for having stopped every step only
     with stop strings (they need the text anyway); with stop tokens, every 8 steps; without either,
     never: the loop then runs without a host sync of its own.
@@ -219,10 +244,15 @@ def stream(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_ids: list[list[int]] = [[] for _ in range(B)]
     capacity = min(block, P + max_new_tokens)  # all a cache will hold, never more than block_size
+    if static_cache:
+        capacity = min(block, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
     dtype = compute_dtype(device, model.backbone.wte.weight)
     cache, held, step_fn = None, 0, _decode_step
     if compile_decode:
-        step_fn = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+        compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+        def step_fn(*args):  # a CUDA graph overwrites its output at its next replay: keep a copy
+            return compiled(*args).clone()
     try:
         for step in range(max_new_tokens):
             if not use_cache:
@@ -232,8 +262,11 @@ def stream(
             elif cache is None or held + 1 > block:  # (re)fill the cache from the recent context
                 start = max(0, n - (block if cache is None else block // 2))
                 held = n - start
-                cache = model.backbone.new_kv_cache(B, capacity, dtype, static=static_cache)
                 if static_cache:  # every slot is read: the mask covers them all, the prompt's slots first
+                    if cache is None:
+                        cache = take_static_cache(model, B, capacity, dtype)
+                    else:
+                        cache.reset()  # a refill empties the same tensors
                     slot_mask = torch.zeros(B, capacity, dtype=torch.long, device=device)
                     slot_mask[:, :held] = real[:, start:n]
                     positions = positions_from_mask(slot_mask[:, :held])  # (B, held)
@@ -241,13 +274,15 @@ def stream(
                                       kv_cache=cache, logits_to_keep=1)
                     next_position = positions[:, -1:] + 1  # (B, 1)
                 else:
+                    cache = model.backbone.new_kv_cache(B, capacity, dtype)
                     logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), kv_cache=cache,
                                       logits_to_keep=1)
                     cache_start = start
                 logits = logits[:, -1, :]
             elif static_cache:  # one new token against every cached slot
                 slot_mask[:, held] = 1
-                logits = step_fn(model, tokens[:, n - 1:n], next_position, slot_mask, cache)
+                last = next_ids[:, None]  # (B, 1) = tokens[:, n - 1:n], whose strides vary with the run's length
+                logits = step_fn(model, last, next_position, slot_mask, cache)  # (a compiled step guards on strides)
                 next_position = next_position + 1
                 held += 1
             else:  # one new token against the cached keys and values
@@ -291,6 +326,8 @@ def stream(
                 break
     finally:
         model.train(was_training)
+        if static_cache and cache is not None:
+            _idle_static_caches[model] = cache  # for the next generation of this shape
 
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:

@@ -189,6 +189,12 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def reset(self) -> None:
+        """Empty the cache in place (same tensors), as if just made."""
+        self.k.zero_()
+        self.v.zero_()
+        self.length = 0
+
     def nbytes(self) -> int:
         return self.k.nelement() * self.k.element_size() * 2
 
@@ -215,6 +221,10 @@ class StaticKVCache(KVCache):
 
     def advance(self, n: int) -> None:
         self.pos += n  # in place: the tensor a compiled graph holds moves on
+
+    def reset(self) -> None:
+        super().reset()
+        self.pos.zero_()
 
 
 class CausalSelfAttention(nn.Module):
