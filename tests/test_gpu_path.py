@@ -262,7 +262,8 @@ class HostReads(TorchDispatchMode):
 
 
 def test_training_steps_read_nothing_back_between_log_lines(tmp_path):
-    (tmp_path / "input.txt").write_text((REPO / "data" / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    text = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    (tmp_path / "input.txt").write_text(text[:20_000], encoding="utf-8")
     prepare_corpus(tmp_path / "input.txt", tmp_path / "char", "char", progress=False)
     cfg = PretrainConfig(data_dir=str(tmp_path / "char"), out_dir=str(tmp_path / "out"), n_layer=1, n_head=2, n_embd=16,
                          block_size=16, batch_size=2, gradient_accumulation_steps=2, grad_clip=1.0, max_iters=100,

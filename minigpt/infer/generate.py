@@ -215,8 +215,8 @@ def stream(
     contains one of ``stop_strings``; the others go on. ``temperature=0`` or ``do_sample=False`` is
     greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``, its length a multiple of
     ``STATIC_CACHE_MULTIPLE``), kept with the model for the next generation of that shape; with
-    ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a list, receives each
-    step's processed logits (B, V) (for tests). Rows are checked for having stopped every step only
+    ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a
+    list, receives each step's processed logits (B, V) (for tests). Rows are checked for having stopped every step only
     with stop strings (they need the text anyway); with stop tokens, every 8 steps; without either,
     never: the loop then runs without a host sync of its own.
     """
