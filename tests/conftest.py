@@ -10,6 +10,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session")
+def char_corpus():
+    """``char_corpus(root, chars)``: the first ``chars`` characters of the bundled Tiny Shakespeare,
+    prepared at character level under ``root``; returns the prepared folder."""
+    from minigpt.data.corpus import prepare_corpus
+
+    def prepare(root: Path, chars: int) -> Path:
+        text = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:chars]
+        (root / "input.txt").write_text(text, encoding="utf-8")
+        prepare_corpus(root / "input.txt", root / "char", "char", progress=False)
+        return root / "char"
+
+    return prepare
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data for optional larger checks; the test is skipped where it is absent."""

@@ -20,7 +20,6 @@ import minigpt.device as device_module
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_checkpoint, load_weights, model_tensors, save_checkpoint
 from minigpt.device import configure_matmul_precision, process_group_backend, resolve_dtype
-from minigpt.data.corpus import prepare_corpus
 from minigpt.infer.generate import generate, stream
 from minigpt.interop.hf import to_hf_state_dict
 from minigpt.model.heads import ClassificationHead
@@ -261,11 +260,8 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_training_steps_read_nothing_back_between_log_lines(tmp_path):
-    text = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
-    (tmp_path / "input.txt").write_text(text[:20_000], encoding="utf-8")
-    prepare_corpus(tmp_path / "input.txt", tmp_path / "char", "char", progress=False)
-    cfg = PretrainConfig(data_dir=str(tmp_path / "char"), out_dir=str(tmp_path / "out"), n_layer=1, n_head=2, n_embd=16,
+def test_training_steps_read_nothing_back_between_log_lines(tmp_path, char_corpus):
+    cfg = PretrainConfig(data_dir=str(char_corpus(tmp_path, 20_000)), out_dir=str(tmp_path / "out"), n_layer=1, n_head=2, n_embd=16,
                          block_size=16, batch_size=2, gradient_accumulation_steps=2, grad_clip=1.0, max_iters=100,
                          log_interval=10, progress=False, plot=False, device="cpu")
     (tmp_path / "out").mkdir()

@@ -18,7 +18,6 @@ from minigpt.checkpoint import BEST, LAST, atomic_path, load_checkpoint, write_j
 from minigpt.cli import run_cli
 from minigpt.cli import train as train_cli
 from minigpt.config_io import build_config
-from minigpt.data.corpus import prepare_corpus
 from minigpt.errors import MiniGPTError
 from minigpt.train.classify import ClassifyConfig, finetune
 from minigpt.train.loop import Distributed, NonFiniteLoss, Task, fit, prepare_out_dir
@@ -28,12 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    text = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:30_000]
-    (root / "input.txt").write_text(text, encoding="utf-8")
-    prepare_corpus(root / "input.txt", root / "char", "char", progress=False)
-    return root / "char"
+def char_data(tmp_path_factory, char_corpus) -> Path:
+    return char_corpus(tmp_path_factory.mktemp("data"), 30_000)
 
 
 def tiny(data_dir, out_dir, **kw) -> PretrainConfig:

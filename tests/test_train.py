@@ -25,15 +25,11 @@ from minigpt.train.loop import NonFiniteLoss, learning_rate
 from minigpt.train.pretrain import PretrainConfig, continued_model, train
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO / "data" / "tinyshakespeare" / "input.txt"
 
 
 @pytest.fixture(scope="module")
-def char_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    (root / "input.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
-    prepare_corpus(root / "input.txt", root / "char", "char", progress=False)
-    return root / "char"
+def char_data(tmp_path_factory, char_corpus) -> Path:
+    return char_corpus(tmp_path_factory.mktemp("data"), 60_000)
 
 
 def tiny_cfg(data_dir, out_dir, **kw) -> PretrainConfig:

@@ -216,9 +216,9 @@ def stream(
     greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``, its length a multiple of
     ``STATIC_CACHE_MULTIPLE``), kept with the model for the next generation of that shape; with
     ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a
-    list, receives each step's processed logits (B, V) (for tests). Rows are checked for having stopped every step only
-    with stop strings (they need the text anyway); with stop tokens, every 8 steps; without either,
-    never: the loop then runs without a host sync of its own.
+    list, receives each step's processed logits (B, V) (for tests). Rows are checked for having
+    stopped every step only with stop strings (they need the text anyway); with stop tokens, every 8
+    steps; without either, never: the loop then runs without a host sync of its own.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings)
     if stop_strings and decode is None:
