@@ -373,6 +373,9 @@ CASES = [
     # --- python -m minigpt.plot
     ("plot-no-metrics", "plot", lambda ws, t: [str(t)], "metrics.jsonl not found"),
     ("plot-bad-line", "plot", lambda ws, t: [str(write(t / "metrics.jsonl", '{"iter": 1}\n{oops\n').parent)], "metrics.jsonl:2: not a JSON line"),
+    # --- second sweep (issue 23): training runs, run folders, reading prepared data
+    # --- second sweep (issue 23): corpus preparation (python -m minigpt.data)
+    # --- second sweep (issue 23): sampling, Hugging Face folders, tokenizers
 ]
 
 

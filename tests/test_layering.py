@@ -26,7 +26,7 @@ LAYERS = [
     ("model", ["minigpt.model"]),  # config, layers, backbone and heads, LoRA
     ("data", ["minigpt.data"]),  # tokenizers, corpus preparation, token files, labelled text
     ("base", ["minigpt.config_io", "minigpt.checkpoint", "minigpt.device", "minigpt.perf", "minigpt.metrics",
-              "minigpt.errors"]),
+              "minigpt.locks", "minigpt.errors"]),
 ]
 FUNCTION_LEVEL_OK = {"matplotlib", "transformers", "pyarrow", "tokenizers"}  # optional extras, imported where they are used
 
