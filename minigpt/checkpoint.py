@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,7 +127,13 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Write tensors as safetensors. Tensors must not share storage (tied weights are saved once)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
+        try:
+            save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
+        except SafetensorError as err:  # safetensors wraps the I/O error: "... (os error 28)"
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
 
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # what torch.compile and DDP put before every name

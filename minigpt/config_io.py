@@ -41,15 +41,19 @@ class Range:
         return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
 
     def __str__(self) -> str:
+        def show(x: float) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"  # integers in full: 2**63 - 1, not 9.22337e+18
+
         if self.high is None:
-            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"greater than {show(self.low)}" if self.low_open else f"at least {show(self.low)}"
+        return f"in {'(' if self.low_open else '['}{show(self.low)}, {show(self.high)}{')' if self.high_open else ']'}"
 
 
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
 POSITIVE = Range(0, low_open=True)
 UNIT = Range(0, 1, high_open=True)  # dropout rates, Adam's betas
+SEEDS = Range(0, 2**63 - 2**20)  # what a torch generator holds, with room for the offsets added per process
 
 
 def setting(default: Any, help: str, choices: Sequence[str] | None = None, within: Range | None = None):

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import random
+import re
 import sys
 import warnings
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -148,3 +151,45 @@ def keep_freed_host_memory() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     never = ctypes.c_int(-1)  # glibc's documented value for "never trim" (any finite threshold can be crossed)
     return bool(mallopt(m_mmap_threshold, ctypes.c_int(1 << 30))) and bool(mallopt(m_trim_threshold, never))
+
+
+def total_memory(device: torch.device) -> int | None:
+    """Bytes of memory the device has (the machine's RAM for the CPU); None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def check_fits(nbytes: int, what: str, device: torch.device) -> None:
+    """A ``MiniGPTError`` before any work when ``what`` (the settings that size it) needs at least
+    ``nbytes`` on a device that has less memory in all."""
+    total = total_memory(device)
+    if total is not None and nbytes > total:
+        raise MiniGPTError(f"{what} needs at least {nbytes / 2**30:,.1f} GiB, more than the {total / 2**30:,.1f} GiB "
+                           f"this {device.type} has; make it smaller")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a failed allocation (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError)."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+@contextlib.contextmanager
+def memory_errors(what: str) -> Iterator[None]:
+    """Turn a failed allocation inside the block into one ``MiniGPTError`` naming ``what``."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"^\[enforce fail at [^]]*\] ", "", first)  # the allocator's source line says nothing to a user
+        raise MiniGPTError(f"out of memory {what} ({first[:160]}); make it smaller") from None

@@ -154,3 +154,59 @@ def test_resume_on_sharded_data_is_exact(sharded, tmp_path):
     train(cfg(tmp_path / "b", resume=True))
     a, b = load_checkpoint(tmp_path / "a" / LAST).model, load_checkpoint(tmp_path / "b" / LAST).model
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_a_minigpt_folder_that_lost_its_meta_json_is_not_read_as_gpt2_shards(sharded, tmp_path):
+    """Without meta.json, minigpt's own shards (here of characters) could be of any tokenizer: refused,
+    where they used to train silently as GPT-2 tokens; llm.c's shards beside no minigpt state still load."""
+    import shutil
+
+    for leftover in ("meta.json", ".prepare.json"):
+        folder = tmp_path / leftover
+        shutil.copytree(sharded, folder)
+        (folder / "meta.json").unlink()
+        if leftover == ".prepare.json":
+            (folder / "train_000000.bin").rename(folder / "fineweb_train_000000.bin")  # llm.c-like names ...
+            (folder / ".prepare.json").write_text("{}")  # ... but a preparation's journal beside them
+        with pytest.raises(MiniGPTError, match=r"no meta.json, but it holds a minigpt preparation .* did not finish"):
+            load_meta(folder)
+
+
+def test_sha256_of_each_shard_is_compared_under_verify(sharded, tmp_path):
+    """A shard edited in place (same size, ids still in the vocabulary) passes the size check on open;
+    with verify its sha256 no longer matches meta.json's."""
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(sharded, edited)
+    name = load_meta(edited)["splits"]["train"]["shards"][0]["file"]
+    data = bytearray((edited / name).read_bytes())
+    data[2000], data[2002] = data[2002], data[2000]  # two tokens swapped
+    assert data != (edited / name).read_bytes()
+    (edited / name).write_bytes(bytes(data))
+    open_split(edited, "train", load_meta(edited))  # the size agrees: read without --verify_data
+    with pytest.raises(MiniGPTError, match=rf"{name}: its sha256 differs from the one meta.json lists"):
+        open_split(edited, "train", load_meta(edited), verify=True)
+    open_split(sharded, "train", load_meta(sharded), verify=True)  # the untouched folder passes
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["splits"]["train"]["shards"][0].update(file="../../etc/passwd"), "is not a plain file name"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(tokens="7000"), r"shards\[0\] must be an object"),
+    (lambda m: m["splits"]["val"].update(shards={"file": "x"}), "splits.val.shards is missing or not a list"),
+    (lambda m: m["splits"].pop("val"), "splits.val.shards is missing"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(sha256=7), "sha256 must be a hex string"),
+    (lambda m: m.update(vocab_size=True), "vocab_size True is not a positive integer"),
+    (lambda m: m.update(vocab_size=10), "vocab_size 10 is smaller than its tokenizer's"),
+    (lambda m: m["tokenizer"].pop("chars"), "meta.json: char tokenizer metadata has no 'chars'"),
+])
+def test_a_hand_edited_meta_json_is_a_clear_error(sharded, tmp_path, edit, message):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(sharded, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    edit(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(MiniGPTError, match=message):
+        load_meta(folder)

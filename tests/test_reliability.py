@@ -125,6 +125,11 @@ def test_eval_only_evaluates_the_last_checkpoint_for_both_tasks(char_data, tmp_p
     finetune(cfg)
     summary = finetune(ClassifyConfig(**{**cfg.to_dict(), "eval_only": True}))
     assert summary["iter_num"] == 4 and 0 <= summary["val_accuracy"] <= 1
+    capsys.readouterr()
+    args = [f"--{k}={getattr(cfg, k)}" for k in ("task", "train_file", "out_dir", "init_from", "tokenizer", "n_layer",
+                                                  "n_head", "n_embd", "block_size", "device")]
+    assert run_cli(train_cli.main, [*args, "--eval_only"]) == 0  # was a KeyError on the command line
+    assert f"iter 4: val_loss {summary['val_loss']:.4f}" in capsys.readouterr().out
 
 
 def test_a_rerun_removes_only_its_own_stale_temporary_files(char_data, tmp_path):

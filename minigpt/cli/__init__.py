@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -69,12 +71,28 @@ def console(debug: bool = False) -> Iterator[None]:
         logger.propagate = propagate
 
 
+@contextmanager
+def file_size_limit_as_error() -> Iterator[None]:
+    """Past the file-size limit (``ulimit -f``) a write fails with EFBIG, which the library reports
+    like a full disk, instead of SIGXFSZ killing the process (only the main thread sets handlers)."""
+    if not hasattr(signal, "SIGXFSZ") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+
+
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run a command's ``main``: a ``MiniGPTError`` becomes one ``error:`` line (exit 2), Ctrl-C one
+    ``interrupted`` line (exit 130; a command that can say more catches it itself)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    with console(debug):
+    with console(debug), file_size_limit_as_error():
         try:
             return main(argv)
         except MiniGPTError as err:
@@ -82,3 +100,8 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
                 raise
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("\ninterrupted", file=sys.stderr)
+            return 130

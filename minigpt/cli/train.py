@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from ..checkpoint import LAST
 from ..config_io import build_config, config_help
 from ..train import ClassifyConfig, PretrainConfig, config_class, run
 from ..train.loop import Distributed, Interrupted
@@ -37,6 +39,12 @@ def main(argv: list[str]) -> int:
             print(f"\ninterrupted: saved {stop.checkpoint} at iteration {stop.iter_num}; continue with --resume",
                   file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # before the loop took over Ctrl-C (start-up), or in the final report
+        if Distributed.from_env().master:
+            saved = Path(cfg.out_dir) / LAST
+            print(f"\ninterrupted: {saved} is as last saved; continue with --resume" if saved.is_file()
+                  else "\ninterrupted before the first checkpoint; nothing was saved", file=sys.stderr)
+        return 130
     if not Distributed.from_env().master:
         return 0
     if summary.get("loss_png"):
@@ -45,7 +53,7 @@ def main(argv: list[str]) -> int:
         print(f"\n{summary['report_text']}")
         if summary.get("confusion_png"):
             print(f"confusion matrix: {summary['confusion_png']}")
-    elif "val_loss" in summary:
+    elif "best_val_loss" in summary:  # pretraining (a classifier's --eval_only: its log line says it all)
         print(f"done: {summary['iter_num']} iterations, val loss {summary['val_loss']:.4f} "
               f"(best {summary['best_val_loss']:.4f}), checkpoints in {summary['out_dir']}")
     return 0

@@ -13,6 +13,7 @@ corpus, however many batches it draws (nanoGPT issue #287). Three layouts are re
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import torch
 
 from ..checkpoint import read_json
 from ..errors import MiniGPTError
-from .shards import HEADER_BYTES, LAYOUTS, read_header
-from .tokenizers import GPT2Tokenizer
+from .shards import HEADER_BYTES, LAYOUTS, read_header, sha256
+from .tokenizers import GPT2Tokenizer, tokenizer_from_meta
 
 TOKEN_DTYPES = tuple(LAYOUTS)
 SAMPLE_CHUNKS, CHUNK_TOKENS = 64, 1 << 14  # the ids checked when a split is opened: 64 runs of 16 K spread over it
@@ -37,29 +38,82 @@ class Shard:
 
 
 def load_meta(data_dir: str | Path) -> dict:
-    """The description of a prepared data folder: its meta.json, or one made up for a folder of
-    llm.c GPT-2 shards that has none."""
+    """The description of a prepared data folder: its meta.json, checked key by key, or one made up
+    for a folder of llm.c GPT-2 shards that has none."""
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     if not meta_path.is_file():
-        if _foreign_shards(data_dir, "train"):
-            return {"tokenizer": GPT2Tokenizer().to_meta(), "vocab_size": 50257, "dtype": "uint16", "foreign": True}
-        raise MiniGPTError(
-            f"{data_dir}: no meta.json; prepare the data first: python -m minigpt.data --input TEXT --out {data_dir}"
-        )
+        return _foreign_meta(data_dir)
     meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise MiniGPTError(f"{meta_path}: not a JSON object; prepare the data again")
     for key in ("tokenizer", "vocab_size", "dtype"):
         if key not in meta:
             raise MiniGPTError(f"{meta_path}: missing key {key!r}")
     if meta["dtype"] not in TOKEN_DTYPES:
         raise MiniGPTError(f"{meta_path}: dtype {meta['dtype']!r} is not one of {', '.join(TOKEN_DTYPES)}")
-    if not isinstance(meta["vocab_size"], int) or meta["vocab_size"] < 1:
+    if not _whole(meta["vocab_size"], 1):
         raise MiniGPTError(f"{meta_path}: vocab_size {meta['vocab_size']!r} is not a positive integer")
+    try:
+        tokenizer = tokenizer_from_meta(meta["tokenizer"])
+    except MiniGPTError as err:
+        raise MiniGPTError(f"{meta_path}: {err}") from None
+    if tokenizer.vocab_size > meta["vocab_size"]:
+        raise MiniGPTError(f"{meta_path}: vocab_size {meta['vocab_size']:,} is smaller than its tokenizer's "
+                           f"{tokenizer.vocab_size:,} tokens; prepare the data again")
+    if "splits" in meta:
+        _check_splits(meta["splits"], meta_path)
     return meta
 
 
+def _whole(value, low: int) -> bool:
+    """An int (not a bool) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_splits(splits, meta_path: Path) -> None:
+    """meta.json's list of shards: for train and val, files named plainly (inside the folder) with
+    their token counts and, optionally, sha256."""
+    for split in ("train", "val"):
+        shards = splits.get(split, {}).get("shards") if isinstance(splits, dict) and isinstance(splits.get(split), dict) \
+            else None
+        if not isinstance(shards, list):
+            raise MiniGPTError(f"{meta_path}: splits.{split}.shards is missing or not a list; prepare the data again")
+        for i, entry in enumerate(shards):
+            where = f"{meta_path}: splits.{split}.shards[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not _whole(entry.get("tokens"), 0):
+                raise MiniGPTError(f"{where} must be an object with a 'file' name and a whole number of 'tokens', "
+                                   f"got {entry!r}")
+            if Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", ".."):
+                raise MiniGPTError(f"{where}: file {entry['file']!r} is not a plain file name in the folder")
+            if not isinstance(entry.get("sha256", ""), str):
+                raise MiniGPTError(f"{where}: sha256 must be a hex string, got {entry['sha256']!r}")
+
+
+OUR_SHARD = re.compile(r"(train|val)_\d{6}\.bin")  # how minigpt names its shards
+PREPARATION_STATE = (".prepare.json", ".staging")  # a minigpt preparation in progress or interrupted
+
+
+def _foreign_meta(data_dir: Path) -> dict:
+    """A folder without meta.json is read as llm.c's or modded-nanogpt's GPT-2 shards
+    (``PREFIX_train_000001.bin``) only when it holds nothing of a minigpt preparation, whose shards
+    without their meta.json could be of any tokenizer."""
+    ours = [p.name for p in data_dir.iterdir() if OUR_SHARD.fullmatch(p.name) or p.name.endswith(".partial")
+            or p.name in PREPARATION_STATE] if data_dir.is_dir() else []
+    if ours:
+        raise MiniGPTError(f"{data_dir}: no meta.json, but it holds a minigpt preparation ({', '.join(sorted(ours)[:3])}"
+                           f"{', ...' if len(ours) > 3 else ''}) that did not finish or was damaged; run its "
+                           f"python -m minigpt.data command again to finish it (or prepare afresh with --overwrite)")
+    if _foreign_shards(data_dir, "train"):
+        return {"tokenizer": GPT2Tokenizer().to_meta(), "vocab_size": 50257, "dtype": "uint16", "foreign": True}
+    raise MiniGPTError(f"{data_dir}: no meta.json; prepare the data first: python -m minigpt.data --input TEXT --out {data_dir}")
+
+
 def _foreign_shards(data_dir: Path, split: str) -> list[Path]:
-    return sorted(p for p in data_dir.glob(f"*{split}_*.bin") if p.is_file()) if data_dir.is_dir() else []
+    """llm.c's shards of ``split``: ``PREFIX_train_000001.bin`` (a prefix before the split's name)."""
+    if not data_dir.is_dir():
+        return []
+    return sorted(p for p in data_dir.glob(f"*_{split}_*.bin") if p.is_file() and not OUR_SHARD.fullmatch(p.name))
 
 
 class TokenShards:
@@ -124,8 +178,9 @@ class TokenShards:
 
 
 def open_split(data_dir: str | Path, split: str, meta: dict, verify: bool = False) -> TokenShards:
-    """The shards of ``split``, checked against meta.json: each holds the tokens it should, and its
-    ids lie in the vocabulary (a sample of them, all with ``verify``)."""
+    """The shards of ``split``, checked against meta.json: each holds the tokens it should (its size
+    agrees), and its ids lie in the vocabulary (a sample of them; with ``verify`` all of them, and
+    each shard's sha256 against the one meta.json lists)."""
     data_dir = Path(data_dir)
     dtype = np.dtype(meta["dtype"])
     if "splits" in meta:
@@ -138,6 +193,9 @@ def open_split(data_dir: str | Path, split: str, meta: dict, verify: bool = Fals
             if count != entry["tokens"] or file_dtype != dtype:
                 raise MiniGPTError(f"{path} holds {count:,} {file_dtype.name} tokens but meta.json says "
                                    f"{entry['tokens']:,} {dtype.name}: from another preparation (prepare the data again)")
+            if verify and entry.get("sha256") and sha256(path) != entry["sha256"]:
+                raise MiniGPTError(f"{path}: its sha256 differs from the one meta.json lists: the file changed after "
+                                   f"it was prepared (prepare the data again)")
             shards.append(Shard(path, HEADER_BYTES, count))
     elif meta.get("foreign"):
         paths = _foreign_shards(data_dir, split)

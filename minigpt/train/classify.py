@@ -23,16 +23,17 @@ from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights,
                              read_labelled, stratified_split)
 from ..data.padding import TRUNCATIONS
 from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer
-from ..device import autocast, resolve_dtype, seed_everything
+from ..device import autocast, check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
 from ..infer.predict import predict_logits
 from ..loading import load_model
 from ..metrics import classification_report, format_report
 from ..model.heads import POOLINGS, ClassificationHead
 from ..model.lora import apply_lora
-from ..model.model import GPT, GPTBackbone, GPTClassifier, adamw, decay_groups
+from ..model.model import GPT, GPTBackbone, GPTClassifier
 from .config import LoopConfig, ModelFields
-from .loop import Distributed, Task, batch_seed, distributed, fit, prepare_out_dir
+from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
+from .optim import optimizer_for
 from .plots import plot_confusion
 
 STRATEGIES = ("full", "head", "last_n", "lora")  # what trains: everything | the head | the last blocks | LoRA adapters
@@ -197,13 +198,6 @@ def configure_trainable(model: GPTClassifier, cfg: ClassifyConfig) -> list[str]:
     return []
 
 
-def optimizer_for(model: GPTClassifier, cfg: ClassifyConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW: decay on ≥2-D weights; the head's groups run at head_lr_scale × the schedule."""
-    groups = [*decay_groups(model.backbone.parameters(), cfg.weight_decay, lr_scale=1.0),
-              *decay_groups(model.heads.parameters(), cfg.weight_decay, lr_scale=cfg.head_lr_scale)]
-    return adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -242,39 +236,52 @@ def finetune(cfg: ClassifyConfig) -> dict:
 
     The summary holds the loop's and ``report`` (the test report, as ``report.json``) and ``report_text``.
     """
-    with distributed(cfg.device) as (ddp, device):
-        prepare_out_dir(cfg, ddp)
-        dtype = resolve_dtype(device, cfg.dtype)
-        seed_everything(cfg.seed)
-        train, val, test, names = load_splits(cfg)
-        backbone, tok, origin = load_backbone(cfg, train.texts, device)
-        max_length = cfg.max_length or backbone.config.block_size
-        if max_length > backbone.config.block_size:
-            raise MiniGPTError(f"max_length {max_length} exceeds the backbone's block_size {backbone.config.block_size}")
-        head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout)
-        model = GPTClassifier(backbone, head.to(device))
-        lora = configure_trainable(model, cfg)
-        train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))
-        test_enc = EncodedTexts(test, tok, names, max_length, cfg.truncate) if test is not None else None
-        if cfg.epochs > 0:  # a new config object; the one passed in is left as it was
-            steps = round(cfg.epochs * len(train_enc) / (cfg.batch_size * cfg.gradient_accumulation_steps))
-            cfg = dataclasses.replace(cfg, max_iters=max(1, steps))
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        banner = (f"classifier: {len(names)} classes {names} | backbone {origin} | {cfg.strategy} fine-tuning, "
-                  f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained | "
-                  f"train {len(train_enc):,} / val {len(val_enc):,} / test {len(test_enc) if test_enc else 0:,} "
-                  f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
-        task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner, ddp)
-        summary = fit(task, cfg, ddp, device, dtype)
-        if not ddp.master or summary.get("eval_only"):
-            return summary
-    final, split = (test_enc, "test") if test_enc is not None else (val_enc, "val")
-    model.eval()
-    with autocast(device, dtype):
-        report = evaluate_split(model, final, names, device)
-    report.update(split=split, n=len(final), **{k: summary[k] for k in ("best_iter", "best_score", "score_name")})
-    summary.update(test_accuracy=report["accuracy"], report=report, **write_reports(Path(cfg.out_dir), report, names, cfg))
+    with run_folder(cfg, Distributed.from_env()):
+        with distributed(cfg.device) as (ddp, device):
+            dtype = resolve_dtype(device, cfg.dtype)
+            seed_everything(cfg.seed)
+            with memory_errors("building the classifier"):
+                task, cfg, model, names, val_enc, test_enc = classification_run(cfg, ddp, device)
+            with memory_errors(f"training with batch_size={cfg.batch_size} and max_length={val_enc.max_length}"):
+                summary = fit(task, cfg, ddp, device, dtype)
+            if not ddp.master or summary.get("eval_only"):
+                return summary
+        final, split = (test_enc, "test") if test_enc is not None else (val_enc, "val")
+        model.eval()
+        with autocast(device, dtype), memory_errors(f"evaluating the {split} split"):
+            report = evaluate_split(model, final, names, device)
+        report.update(split=split, n=len(final), **{k: summary[k] for k in ("best_iter", "best_score", "score_name")})
+        summary.update(test_accuracy=report["accuracy"], report=report,
+                       **write_reports(Path(cfg.out_dir), report, names, cfg))
     return summary
+
+
+def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.device):
+    """The splits read and encoded, the backbone loaded with its head: (task, cfg with max_iters set by
+    epochs, model, class names, encoded val split, encoded test split or None)."""
+    train, val, test, names = load_splits(cfg)
+    backbone, tok, origin = load_backbone(cfg, train.texts, device)
+    max_length = cfg.max_length or backbone.config.block_size
+    if max_length > backbone.config.block_size:
+        raise MiniGPTError(f"max_length {max_length} exceeds the backbone's block_size {backbone.config.block_size}")
+    check_fits(cfg.batch_size * max_length * backbone.config.n_embd * backbone.config.n_layer * 4,
+               f"a micro-batch's activations (batch_size {cfg.batch_size} x max_length {max_length} x n_embd "
+               f"{backbone.config.n_embd} x n_layer {backbone.config.n_layer}, float32)", device)
+    head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout)
+    model = GPTClassifier(backbone, head.to(device))
+    lora = configure_trainable(model, cfg)
+    train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))
+    test_enc = EncodedTexts(test, tok, names, max_length, cfg.truncate) if test is not None else None
+    if cfg.epochs > 0:  # a new config object; the one passed in is left as it was
+        steps = round(cfg.epochs * len(train_enc) / (cfg.batch_size * cfg.gradient_accumulation_steps))
+        cfg = dataclasses.replace(cfg, max_iters=max(1, steps))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    banner = (f"classifier: {len(names)} classes {names} | backbone {origin} | {cfg.strategy} fine-tuning, "
+              f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained | "
+              f"train {len(train_enc):,} / val {len(val_enc):,} / test {len(test_enc) if test_enc else 0:,} "
+              f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
+    task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner, ddp)
+    return task, cfg, model, names, val_enc, test_enc
 
 
 def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenizer, names: list[str],
@@ -304,11 +311,12 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
             "text_columns": len(cfg.text_column.split(",")), "text_separator": cfg.text_separator,
             "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
     return Task(
-        model=model, optimizer=optimizer_for(model, cfg, device), batch=batch,
+        model=model, optimizer=optimizer_for(model.backbone, [(model.backbone, 1.0), (model.heads, cfg.head_lr_scale)], cfg, device), batch=batch,
         loss=lambda m, b: m(b[0], b[1], b[2], weights, right_padded=True)[1], evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
         units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
-        banner=banner,
+        banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", "max_length", "truncate",
+                                       "text_columns", "text_separator", "lora"),
     )
 
 

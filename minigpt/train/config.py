@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
-from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, check_settings, setting
+from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEEDS, UNIT, Range, check_settings, setting
 from ..device import DEVICE_HELP, DTYPES
 from ..errors import MiniGPTError
 from ..model.config import RUNTIME_FIELDS, GPTConfig
+from .optim import OPTIMIZERS
+
+SCHEDULES = ("cosine", "wsd")  # the learning-rate shapes after warmup
 
 
 @dataclass
@@ -28,8 +31,9 @@ class LoopConfig:
     task: str = setting("pretrain", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
     out_dir: str = setting("out", "where checkpoints, metrics.jsonl and plots are written")
     resume: bool = setting(False, "continue from out_dir/ckpt_last (weights, optimizer, RNG, data order)")
-    overwrite: bool = setting(False, "start afresh in an out_dir that holds a run: its checkpoints, metrics and "
-                                     "plots are deleted first")
+    overwrite: bool = setting(False, "start afresh in an out_dir that holds a run: its files make way once the new "
+                                     "run has read everything it needs, and are deleted at its first checkpoint (put "
+                                     "back if it fails before)")
     # optimisation
     batch_size: int = setting(12, "sequences per micro-batch (per process)", within=AT_LEAST_1)
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, summed over all processes",
@@ -40,6 +44,16 @@ class LoopConfig:
     warmup_iters: int = setting(100, "steps of linear warmup from 0 to learning_rate", within=AT_LEAST_0)
     lr_decay_iters: int = setting(0, "steps over which the cosine decays to min_lr (0: max_iters)", within=AT_LEAST_0)
     decay_lr: bool = setting(True, "warmup + cosine schedule; false keeps learning_rate constant")
+    lr_schedule: str = setting("cosine", "after warmup: cosine (decay all along to min_lr) or wsd (hold, then decay "
+                                         "linearly to min_lr over the last decay_fraction of the steps)", SCHEDULES)
+    decay_fraction: float = setting(0.2, "wsd: the share of the steps (of lr_decay_iters) spent decaying",
+                                    within=Range(0, 1, low_open=True))
+    optimizer: str = setting("adamw", "adamw: every parameter on AdamW; muon: the blocks' weight matrices on Muon "
+                                      "(muon_lr), the rest on AdamW (learning_rate)", OPTIMIZERS)
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by sqrt(max(1, rows/cols)) per matrix)",
+                             within=POSITIVE)
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum", within=UNIT)
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", within=AT_LEAST_0)
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices and embeddings", within=AT_LEAST_0)
     beta1: float = setting(0.9, "AdamW beta1", within=UNIT)
     beta2: float = setting(0.99, "AdamW beta2", within=UNIT)
@@ -55,7 +69,7 @@ class LoopConfig:
     dtype: str = setting("auto", "auto: bf16 on capable CUDA, else fp32; float16 is for CUDA", ("auto", *DTYPES))
     compile: str = setting("auto", "torch.compile the model (auto: on CUDA under Linux)", ("auto", "true", "false"))
     tf32: bool = setting(True, "on CUDA, let float32 matmuls use TF32 tensor cores (about 8x faster on an A100)")
-    seed: int = setting(1337, "random seed (data order, init, dropout)", within=AT_LEAST_0)
+    seed: int = setting(1337, "random seed (data order, init, dropout)", within=SEEDS)
     progress: bool = setting(True, "show a progress bar (on a terminal)")
 
     def __post_init__(self) -> None:

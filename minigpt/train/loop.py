@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,9 +31,11 @@ from tqdm import tqdm
 
 from ..checkpoint import (BEST, LAST, Checkpoint, load_checkpoint, output_dir, remove_stale_temporaries,
                           save_checkpoint)
+from ..data.tokenizers import same_tokenizer
 from ..device import (autocast, configure_matmul_precision, keep_freed_host_memory, peak_dtype, process_group_backend,
                       resolve_device)
 from ..errors import MiniGPTError
+from ..locks import hold_lock
 from ..model.config import GPTConfig
 from ..perf import measure_matmul_peak
 from .config import LoopConfig
@@ -57,7 +60,9 @@ class Interrupted(Exception):
 
 
 def learning_rate(it: int, cfg: LoopConfig) -> float:
-    """Linear warmup to learning_rate over warmup_iters, then cosine decay to min_lr by lr_decay_iters."""
+    """Linear warmup to learning_rate over warmup_iters, then down to min_lr by lr_decay_iters: along
+    a cosine (``lr_schedule = "cosine"``), or held and then decayed linearly over the last
+    decay_fraction of the steps (``"wsd"``: warmup, stable, decay)."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
@@ -65,6 +70,11 @@ def learning_rate(it: int, cfg: LoopConfig) -> float:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = decay_iters - cfg.decay_fraction * decay_iters
+        if it < decay_start:
+            return cfg.learning_rate
+        return cfg.learning_rate + (it - decay_start) / (decay_iters - decay_start) * (cfg.min_lr - cfg.learning_rate)
     progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
@@ -184,16 +194,62 @@ class Task:
     patience: int | None = None  # stop after this many evaluations without a better score
     restore_best: bool = False  # end with the weights of the best evaluation (from ckpt_best)
     banner: str = ""  # one line logged at the start
+    same_on_resume: tuple[str, ...] = ()  # keys of ``meta`` a resumed checkpoint must agree on (beyond the model's)
+
+
+SET_ASIDE = ".replaced"  # where --overwrite keeps the old run until the new one has saved its first checkpoint
+
+
+class OldRun:
+    """The files of the run that ``--overwrite`` replaces, moved into ``out/.replaced/`` (a rename, no
+    copy) when the new run starts, and deleted once it has saved its first checkpoint. Until then
+    any failure puts them back (``restore``), so a mistyped setting that only shows once training
+    begins costs nothing; a run killed before then has them put back by the next start."""
+
+    def __init__(self, out: Path):
+        self.out, self.folder = out, out / SET_ASIDE
+
+    def set_aside(self) -> None:
+        self.folder.mkdir(exist_ok=True)
+        for name in RUN_FILES:
+            if (self.out / name).exists():
+                os.replace(self.out / name, self.folder / name)
+
+    def pending(self) -> bool:
+        return self.folder.is_dir()
+
+    def discard(self) -> None:
+        if self.pending():
+            shutil.rmtree(self.folder)
+
+    def restore(self) -> list[str]:
+        """Remove what the new run wrote and put the old files back; returns their names."""
+        if not self.pending():
+            return []
+        for name in RUN_FILES:
+            (self.out / name).unlink(missing_ok=True)
+        names = sorted(p.name for p in self.folder.iterdir())
+        for name in names:
+            os.replace(self.folder / name, self.out / name)
+        self.folder.rmdir()
+        return names
 
 
 def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
     """Check out_dir before a run reads or writes anything, so no run is lost to a forgotten flag.
 
-    A folder that holds a run is continued (``resume``) or replaced (``overwrite``: its files are
-    deleted first), never silently written over; ``resume`` and ``eval_only`` need its ckpt_last.
-    Temporary files that a killed run left behind are removed.
+    A folder that holds a run is continued (``resume``) or replaced (``overwrite``: by ``fit``, once
+    everything the new run needs has been read), never silently written over; ``resume`` and
+    ``eval_only`` need its ckpt_last. An old run that a killed ``--overwrite`` had set aside is put
+    back, and temporary files that a killed run left behind are removed. The caller holds the lock.
     """
     out = Path(cfg.out_dir)
+    if ddp.master and not cfg.eval_only:
+        output_dir(out)
+        restored = OldRun(out).restore()
+        if restored:
+            log.info(f"{out}: put back the run that an interrupted --overwrite had set aside ({', '.join(restored)})")
+        remove_stale_temporaries(out, RUN_FILES)
     held = [name for name in RUN_FILES if (out / name).exists()]
     if cfg.resume or cfg.eval_only:
         if not (out / LAST).is_file():
@@ -202,18 +258,31 @@ def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
     elif held and not cfg.overwrite:
         raise MiniGPTError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
                            f"or replace it with --overwrite")
-    if ddp.master and not cfg.eval_only:
-        output_dir(out)
-        if cfg.overwrite:
-            for name in held:
-                (out / name).unlink()
-        remove_stale_temporaries(out, RUN_FILES)
     return out
 
 
-def check_resumable(ckpt: Checkpoint, meta: dict, max_iters: int) -> None:
-    """A checkpoint to resume must have the config's architecture (run-time choices may differ) and
-    tokenizer, and stop short of max_iters."""
+@contextmanager
+def run_folder(cfg: LoopConfig, ddp: Distributed) -> Iterator[Path]:
+    """out_dir, checked (``prepare_out_dir``) and locked against a second run for as long as this one
+    lasts (rank 0 holds the lock; an evaluation only reads, and takes none)."""
+    if not ddp.master or cfg.eval_only:
+        yield prepare_out_dir(cfg, ddp)
+        return
+    with hold_lock(output_dir(cfg.out_dir), "training run"):
+        yield prepare_out_dir(cfg, ddp)
+
+
+def dotted(meta: dict, key: str):
+    """``meta["a"]["b"]`` for the key "a.b" (None where a level is missing)."""
+    for part in key.split("."):
+        meta = meta.get(part) if isinstance(meta, dict) else None
+    return meta
+
+
+def check_resumable(ckpt: Checkpoint, meta: dict, max_iters: int, same: tuple[str, ...] = ()) -> None:
+    """A checkpoint to resume must have the config's architecture (run-time choices may differ),
+    tokenizer and values of the ``same`` keys of ``meta`` (a classifier's labels, head, lengths),
+    and stop short of max_iters."""
     ckpt.require("iter_num")
     if "model_config" in meta:
         ckpt.require("model_config")
@@ -221,11 +290,16 @@ def check_resumable(ckpt: Checkpoint, meta: dict, max_iters: int) -> None:
         if differences:
             raise MiniGPTError(f"{ckpt.path}: the checkpoint's architecture differs from the config's "
                                f"(checkpoint != config): {'; '.join(differences)}")
-    if "tokenizer" in meta and ckpt.meta.get("tokenizer") != meta["tokenizer"]:
+    if "tokenizer" in meta and not same_tokenizer(ckpt.meta.get("tokenizer"), meta["tokenizer"]):
         kinds = (ckpt.meta.get("tokenizer") or {}).get("kind"), meta["tokenizer"].get("kind")
         raise MiniGPTError(f"{ckpt.path}: the checkpoint was trained with another tokenizer ({kinds[0]}) than the data "
                            f"reads with ({kinds[1]}{', another vocabulary' if kinds[0] == kinds[1] else ''}); "
                            f"resume on the data it was trained on")
+    for key in same:  # a dotted key looks inside: "head.pooling"
+        theirs, ours = dotted(ckpt.meta, key), dotted(meta, key)
+        if theirs != ours:
+            raise MiniGPTError(f"{ckpt.path}: the checkpoint's {key} differs from the config's (checkpoint != config): "
+                               f"{theirs!r} != {ours!r}; resume with the settings it was trained with")
     if ckpt.meta["iter_num"] >= max_iters:
         raise MiniGPTError(f"{ckpt.path} is at iteration {ckpt.meta['iter_num']} and max_iters is {max_iters}: "
                            f"nothing left to train; raise max_iters to continue")
@@ -257,6 +331,7 @@ class Run:
         self.last_metrics: dict[str, float] = {}
         self.peak = float("nan")
         self.bar: tqdm | None = None
+        self.old_run = OldRun(self.out_dir)  # set aside by --overwrite until the first checkpoint
         self._window_start = (0, time.perf_counter())  # (iteration, time) the throughput is measured from
 
     # --------------------------------------------------------------------------- before the first step
@@ -267,7 +342,7 @@ class Run:
         if self.cfg.eval_only:
             ckpt.require("iter_num")
         else:
-            check_resumable(ckpt, self.task.meta, self.cfg.max_iters)
+            check_resumable(ckpt, self.task.meta, self.cfg.max_iters, self.task.same_on_resume)
         ckpt.load_model(self.task.model)
         if ckpt.optimizer_state() is not None and not self.cfg.eval_only:
             self.task.optimizer.load_state_dict(ckpt.optimizer_state())
@@ -376,7 +451,12 @@ class Run:
                 "score_name": self.task.score, "best_score": self.best, "best_iter": self.best_iter,
                 "bad_evals": self.bad_evals,
                 "units_seen": self.units_seen, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
-        save_checkpoint(self.out_dir / name, self.task.model, meta, self.task.optimizer, rng_state(self.device))
+        try:
+            save_checkpoint(self.out_dir / name, self.task.model, meta, self.task.optimizer, rng_state(self.device))
+        except OSError as err:  # disk full, a file-size limit: the previous checkpoint is still whole
+            raise MiniGPTError(f"{self.out_dir / name}: cannot write the checkpoint at iteration {self.iter_num} "
+                               f"({err.strerror or err}); the previous one is left as it was") from None
+        self.old_run.discard()  # the run --overwrite replaced is gone once the new one has a checkpoint
 
     # --------------------------------------------------------------------------- one optimizer step
 
@@ -389,7 +469,9 @@ class Run:
         its weights, since every save checks them first."""
         lr = learning_rate(self.iter_num, self.cfg)
         for group in self.task.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule
+            # a group may run at a multiple of the schedule; Muon's follow its shape from muon_lr
+            scale = self.cfg.muon_lr / self.cfg.learning_rate if group.get("muon") else group.get("lr_scale", 1.0)
+            group["lr"] = lr * scale
         step_loss = torch.zeros((), device=self.device)
         first = self.ddp.rank * self.accum
         batch = self.task.batch(self.iter_num, first)
@@ -454,9 +536,14 @@ class Run:
         return self.iter_num * self.task.units_per_step
 
     def log_record(self, record: dict) -> None:
-        if self.ddp.master:
+        if not self.ddp.master:
+            return
+        try:
             with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise MiniGPTError(f"{self.out_dir / 'metrics.jsonl'}: cannot append at iteration {self.iter_num} "
+                               f"({err.strerror or err})") from None
 
     def finish(self, stopped_early: bool) -> dict:
         """Close the bar, restore the best weights if the task asks, plot; returns the run's summary."""
@@ -485,11 +572,28 @@ def fit(task: Task, cfg: LoopConfig, ddp: Distributed, device: torch.device, dty
     if cfg.resume or cfg.eval_only:
         run.restore()
     if cfg.eval_only:
-        metrics = run.evaluate()
-        if ddp.master:
-            log.info(f"iter {run.iter_num}: {format_metrics(metrics)}")
-        return {"iter_num": run.iter_num, "best_score": run.best, "best_iter": run.best_iter,
-                "score_name": task.score, "eval_only": True, **metrics, "out_dir": str(run.out_dir)}
+        return evaluate_only(run)
+    if cfg.overwrite and ddp.master:
+        run.old_run.set_aside()  # everything the task needs is read: the old run makes way
+    try:
+        return train_run(run)
+    except BaseException:
+        run.old_run.restore()  # no-op once the new run has saved a checkpoint
+        raise
+
+
+def evaluate_only(run: Run) -> dict:
+    """``eval_only``: the metrics of the checkpoint in out_dir, nothing written."""
+    metrics = run.evaluate()
+    if run.ddp.master:
+        log.info(f"iter {run.iter_num}: {format_metrics(metrics)}")
+    return {"iter_num": run.iter_num, "best_score": run.best, "best_iter": run.best_iter,
+            "score_name": run.task.score, "eval_only": True, **metrics, "out_dir": str(run.out_dir)}
+
+
+def train_run(run: Run) -> dict:
+    """Train to max_iters (or early stopping); SIGINT/SIGTERM save ckpt_last and raise ``Interrupted``."""
+    cfg, ddp, device = run.cfg, run.ddp, run.device
     run.start()
     stopped_early = False
     with StopSignal() as stop:

@@ -10,13 +10,14 @@ import torch.distributed as dist
 
 from ..config_io import setting
 from ..data.loader import Windows, load_meta, open_split
-from ..data.tokenizers import document_start, tokenizer_from_meta
-from ..device import resolve_dtype, seed_everything
+from ..data.tokenizers import document_start, same_tokenizer, tokenizer_from_meta
+from ..device import check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
 from ..loading import load_model
 from ..model.model import GPT
 from .config import LoopConfig, ModelFields
-from .loop import Distributed, Task, batch_seed, distributed, fit, prepare_out_dir
+from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
+from .optim import optimizer_for
 
 
 @dataclass
@@ -47,15 +48,21 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
     if cfg.init_from:
         model = continued_model(cfg, meta, device)
     else:
-        model = GPT(cfg.model_config(vocab_size=meta["vocab_size"])).to(device)
+        config = cfg.model_config(vocab_size=meta["vocab_size"])
+        check_fits(config.padded_vocab * config.n_embd * 4, f"the embedding ({config.padded_vocab:,} rows with "
+                   f"pad_vocab_multiple {config.pad_vocab_multiple:,}, x n_embd {config.n_embd})", device)
+        model = GPT(config).to(device)
     block_size = model.config.block_size
+    check_fits(cfg.batch_size * block_size * model.config.padded_vocab * 4,
+               f"a micro-batch's logits (batch_size {cfg.batch_size} x block_size {block_size} x "
+               f"{model.config.padded_vocab:,} vocabulary rows, float32)", device)
     bos = document_start(tokenizer_from_meta(meta["tokenizer"])) if cfg.bos_aligned else None
     if cfg.bos_aligned and bos is None:
         raise MiniGPTError(f"bos_aligned needs a tokenizer with a token that begins documents; {cfg.data_dir} uses "
                            f"{meta['tokenizer'].get('kind')!r}")
     train_windows = Windows(open_split(cfg.data_dir, "train", meta, cfg.verify_data), block_size, device, bos)
     val_windows = Windows(open_split(cfg.data_dir, "val", meta, cfg.verify_data), block_size, device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = optimizer_for(model, [(model, 1.0)], cfg, device)
     tokens_per_step = cfg.batch_size * block_size * cfg.gradient_accumulation_steps
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
@@ -80,7 +87,8 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
         meta={"model_config": model.config.to_dict(), "tokenizer": meta["tokenizer"]},
         units_per_step=tokens_per_step, unit="tok", flops_per_step=model.flops_per_token() * tokens_per_step,
         banner=f"model: {model.num_parameters():,} parameters{origin} | data: {len(train_windows.tokens):,} train tokens "
-               f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,})",
+               f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}"
+               f"{'; no meta.json: read as llm.c GPT-2 shards' if meta.get('foreign') else ''})",
     )
 
 
@@ -88,7 +96,7 @@ def continued_model(cfg: PretrainConfig, meta: dict, device: torch.device) -> GP
     """The model of ``cfg.init_from`` (weights and architecture; the config's run-time choices),
     checked against the tokenizer the data was prepared with."""
     model, tok = load_model(cfg.init_from, device, **cfg.runtime())
-    if tok.to_meta() != meta["tokenizer"]:
+    if not same_tokenizer(tok.to_meta(), meta["tokenizer"]):
         raise MiniGPTError(f"init_from {cfg.init_from} uses a {tok.to_meta()['kind']} tokenizer that differs from the one "
                            f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}); prepare the data with the same tokenizer")
     return model
@@ -96,8 +104,10 @@ def continued_model(cfg: PretrainConfig, meta: dict, device: torch.device) -> GP
 
 def train(cfg: PretrainConfig) -> dict:
     """Run pretraining as configured; returns a summary (iterations, best and last losses, paths)."""
-    with distributed(cfg.device) as (ddp, device):
-        prepare_out_dir(cfg, ddp)
-        summary = fit(pretrain_task(cfg, ddp, device), cfg, ddp, device, resolve_dtype(device, cfg.dtype))
+    with run_folder(cfg, Distributed.from_env()), distributed(cfg.device) as (ddp, device):
+        with memory_errors("building the model (n_layer, n_embd, the vocabulary and pad_vocab_multiple size it)"):
+            task = pretrain_task(cfg, ddp, device)
+        with memory_errors(f"training with batch_size={cfg.batch_size} and block_size={task.model.config.block_size}"):
+            summary = fit(task, cfg, ddp, device, resolve_dtype(device, cfg.dtype))
     summary["best_val_loss"] = summary.pop("best_score", None)
     return summary
