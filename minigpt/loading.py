@@ -5,6 +5,10 @@ A path is a training out_dir (its best checkpoint, else its last), a checkpoint 
 Face folder (config.json + weights) of a GPT-2 model (it reads with the bundled GPT-2 tokenizer) or
 of a Llama or Qwen2 model (with the folder's tokenizer.json). Run-time choices
 (``dropout``, ``attn_backend``) come from the caller, not from the file: see ``GPTConfig.with_runtime``.
+
+Wherever a model and a tokenizer are put together here, they are checked to belong together: the
+tokenizer may not have more tokens than the model's vocabulary (fewer is fine: a padded or larger
+vocabulary), and the weights must be finite (a NaN checkpoint is refused, naming a tensor).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, read_json
+from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from .data.padding import TRUNCATIONS
 from .data.tokenizers import GPT2Tokenizer, HFTokenizer, Tokenizer, tokenizer_from_meta
 from .errors import MiniGPTError
-from .interop.hf import load_hf
+from .interop.hf import hf_model_type, load_hf, read_hf_config
 from .model.config import GPTConfig
 from .model.heads import ClassificationHead
 from .model.lora import apply_lora, merge_lora
@@ -41,9 +46,22 @@ def _open(path: str | Path) -> Checkpoint | Path:
 def hf_tokenizer(folder: Path) -> Tokenizer:
     """The tokenizer of a Hugging Face folder: GPT-2's own (bundled) for a GPT-2 model, else the folder's
     tokenizer.json."""
-    if read_json(folder / "config.json").get("model_type", "gpt2") == "gpt2":
+    if hf_model_type(read_hf_config(folder), str(folder)) == "gpt2":
         return GPT2Tokenizer()
     return HFTokenizer.from_folder(folder)
+
+
+def check_together(model: torch.nn.Module, config: GPTConfig, tok: Tokenizer, source: str | Path) -> None:
+    """A ``MiniGPTError`` when ``tok`` has more tokens than the model's vocabulary (its ids would index
+    past the embedding: a tokenizer of another model), or when a weight holds NaN or inf."""
+    if tok.vocab_size > config.vocab_size:
+        raise MiniGPTError(f"{source}: the tokenizer ({tok.to_meta()['kind']}) has {tok.vocab_size:,} tokens but the "
+                           f"model's vocabulary has {config.vocab_size:,}: they do not belong together (a tokenizer "
+                           f"of another model?)")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MiniGPTError(f"{source}: the weights {name!r} hold NaN or infinite values (a diverged or damaged "
+                               f"checkpoint)")
 
 
 def model_config(ckpt: Checkpoint, **runtime) -> GPTConfig:
@@ -68,18 +86,29 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) 
     """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
     found = _open(path)
     if isinstance(found, Path):
-        return load_hf(found, **runtime).to(device).eval(), hf_tokenizer(found)
+        model, tok = load_hf(found, **runtime), hf_tokenizer(found)
+        check_together(model, model.config, tok, found)
+        return model.to(device).eval(), tok
     if found.meta.get("task") == "classify":
         raise MiniGPTError(f"{found.path} is a classifier checkpoint, not a language model; "
                            f"predict with it: python -m minigpt.classify --ckpt {path} TEXT")
     model = GPT(model_config(found, **runtime))
     found.load_model(model)
-    return model.to(device).eval(), tokenizer(found)
+    tok = tokenizer(found)
+    check_together(model, model.config, tok, found.path)
+    return model.to(device).eval(), tok
 
 
 def build_classifier(ckpt: Checkpoint, **runtime) -> GPTClassifier:
     """An untrained classifier shaped as a classification checkpoint describes (for loading its weights)."""
     ckpt.require("head", "labels", "max_length", "truncate")
+    labels, max_length, truncate = (ckpt.meta[k] for k in ("labels", "max_length", "truncate"))
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise MiniGPTError(f"{ckpt.path}: the stored labels {labels!r} are not a list of class names (damaged?)")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise MiniGPTError(f"{ckpt.path}: the stored max_length {max_length!r} is not a positive integer (damaged?)")
+    if truncate not in TRUNCATIONS:
+        raise MiniGPTError(f"{ckpt.path}: the stored truncate {truncate!r} is not one of {', '.join(TRUNCATIONS)}")
     backbone = GPTBackbone(model_config(ckpt, **runtime))
     model = GPTClassifier(backbone, ClassificationHead.from_spec(ckpt.meta["head"], source=str(ckpt.path)))
     lora = ckpt.meta.get("lora")
@@ -102,4 +131,6 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", **runt
     model = build_classifier(found, **runtime)
     found.load_model(model)
     merge_lora(model)
-    return model.to(device).eval(), tokenizer(found), found.meta
+    tok = tokenizer(found)
+    check_together(model, model.backbone.config, tok, found.path)
+    return model.to(device).eval(), tok, found.meta

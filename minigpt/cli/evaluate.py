@@ -7,6 +7,7 @@ import math
 
 from ..data.corpus import read_texts
 from ..data.loader import load_meta, open_split
+from ..data.tokenizers import same_tokenizer
 from ..device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
 from ..infer import perplexity
@@ -35,13 +36,15 @@ def main(argv: list[str]) -> int:
     model, tok = load_model(args.ckpt, device)
     if args.data is not None:
         meta = load_meta(args.data)
-        if meta["tokenizer"] != tok.to_meta():
+        if not same_tokenizer(meta["tokenizer"], tok.to_meta()):
             raise MiniGPTError(f"{args.data} was prepared with a {meta['tokenizer'].get('kind')} tokenizer that differs "
                                f"from the model's ({tok.to_meta()['kind']})")
         tokens = open_split(args.data, args.split, meta)
-        result = perplexity.perplexity(model, tokens.read(0, len(tokens)), args.stride, device=device, dtype=dtype)
-        n_bytes = meta.get("splits", {}).get(args.split, {}).get("bytes")
-        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / n_bytes if n_bytes else None
+        result = perplexity.perplexity(model, tokens, args.stride, device=device, dtype=dtype)  # read window by window
+        split = meta.get("splits", {}).get(args.split)
+        n_bytes = split.get("bytes") if isinstance(split, dict) else None
+        usable = isinstance(n_bytes, (int, float)) and not isinstance(n_bytes, bool) and n_bytes > 0
+        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / n_bytes if usable else None
         what = f"{args.data} ({args.split})"
     else:
         result = perplexity.score_texts(model, tok, read_texts(args.input, args.text_field), args.stride, device, dtype)

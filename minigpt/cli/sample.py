@@ -9,7 +9,7 @@ import time
 from ..checkpoint import read_text
 from ..device import DEVICE_HELP, DTYPES, autocast, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
-from ..infer.generate import TextStream, check_sampling_args, stream
+from ..infer.generate import TextStream, check_batch_fits, check_sampling_args, stream
 from ..loading import load_model
 from ..model.config import ATTENTION_BACKENDS
 from . import ArgumentParser, read_stdin
@@ -69,8 +69,8 @@ def main(argv: list[str]) -> int:
     if args.stream and args.num_samples > 1:
         raise MiniGPTError(f"--stream shows one sample as it is written; for --num_samples {args.num_samples} "
                            f"leave it off (the samples are printed one after another at the end)")
-    if args.seed < 0:
-        raise MiniGPTError(f"--seed must be at least 0, got {args.seed}")
+    if not 0 <= args.seed < 2 ** 64:  # what a torch generator holds
+        raise MiniGPTError(f"--seed must be at least 0 and below 2**64, got {args.seed}")
     if args.compile and not args.static_cache:
         raise MiniGPTError("--compile compiles the static cache's decode step: add --static_cache")
 
@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
     ids = ([tok.bos_token] if tok.bos_token is not None else []) + tok.encode(prompt)  # as the model saw texts begin
     if not ids:
         raise MiniGPTError("the prompt encodes to zero tokens; give at least one character")
+    # before a list of num_samples prompts and texts is made: a batch that cannot fit is refused at once
+    check_batch_fits(model, args.num_samples, len(ids), args.max_new_tokens, dtype, args.static_cache)
     stop_ids = [] if args.no_eos_stop or tok.eot_token is None else [tok.eot_token]
     live = args.stream if args.stream is not None else (sys.stdout.isatty() and args.num_samples == 1)
 

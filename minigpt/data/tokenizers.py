@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import tiktoken
 
+from ..checkpoint import read_json, read_text
 from ..errors import MiniGPTError
 
 EOT_TEXT = "<|endoftext|>"
@@ -215,6 +217,11 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        wrong = [i for i in ids if not 0 <= i < self.vocab_size]  # (a negative index would count from the end)
+        if wrong:
+            raise MiniGPTError(f"token id {wrong[0]} is outside this character vocabulary of {self.vocab_size} "
+                               f"characters (ids 0 to {self.vocab_size - 1}): a model larger than its tokenizer?")
         return "".join(self.chars[i] for i in ids)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
@@ -235,7 +242,9 @@ class HFTokenizer:
     unless ``allow_special``; ``bos_token`` is the id the folder's tokenizer puts before a text (or
     None), which generation and classification put there too; ``eot_token`` is its end of text
     (the end-of-sequence token), where a sample stops. The whole ``tokenizer.json`` is kept in
-    ``to_meta()``, so a checkpoint or prepared data carries its tokenizer with it.
+    ``to_meta()``, so a checkpoint or prepared data carries its tokenizer with it, together with its
+    sha256 (``fingerprint``), which ``tokenizer_from_meta`` checks when it is there (metadata written
+    before it was added has none).
     """
 
     kind = "hf"
@@ -250,7 +259,10 @@ class HFTokenizer:
             self._tok = Backend.from_str(tokenizer_json)
         except Exception as err:  # the Rust library raises a plain Exception for a file it cannot parse
             raise MiniGPTError(f"{source}: not a tokenizer.json the tokenizers library reads ({err})") from None
+        if eos_token is not None and not isinstance(eos_token, str):
+            raise MiniGPTError(f"{source}: the end-of-sequence token must be the token's text, got {eos_token!r}")
         self._json, self._eos_text = tokenizer_json, eos_token
+        self.fingerprint = fingerprint(tokenizer_json)
         self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)
         with_specials = self._tok.encode("a", add_special_tokens=True).ids
         plain = self._tok.encode("a", add_special_tokens=False).ids
@@ -273,9 +285,15 @@ class HFTokenizer:
         eos = None
         config = file.parent / "tokenizer_config.json"
         if config.is_file():
-            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-            eos = eos.get("content") if isinstance(eos, dict) else eos
-        return cls(file.read_text(encoding="utf-8"), eos, str(file))
+            settings = read_json(config)
+            if not isinstance(settings, dict):
+                raise MiniGPTError(f"{config}: not a JSON object (a tokenizer config is one)")
+            eos = settings.get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos  # an AddedToken written out: its text
+            if eos is not None and not isinstance(eos, str):
+                raise MiniGPTError(f"{config}: eos_token must be the token's text (a string, or an object with a "
+                                   f"string 'content'), got {settings.get('eos_token')!r}")
+        return cls(read_text(file, "tokenizer.json"), eos, str(file))
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         self._tok.encode_special_tokens = not allow_special
@@ -303,7 +321,24 @@ class HFTokenizer:
         return bytes(out)
 
     def to_meta(self) -> dict:
-        return {"kind": self.kind, "tokenizer_json": self._json, "eos_token": self._eos_text}
+        return {"kind": self.kind, "tokenizer_json": self._json, "eos_token": self._eos_text, "sha256": self.fingerprint}
+
+
+def fingerprint(tokenizer_json: str) -> str:
+    """The sha256 of a tokenizer.json's text, which tokenizer metadata stores beside it."""
+    return hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
+
+
+FINGERPRINT_KEYS = ("sha256",)  # derived from the rest of a tokenizer's metadata; older metadata has none
+
+
+def same_tokenizer(a: dict, b: dict) -> bool:
+    """Whether two tokenizer metadata dicts (``to_meta()``) describe the same tokenizer, whichever
+    version of minigpt wrote them (with or without a fingerprint)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    strip = lambda meta: {k: v for k, v in meta.items() if k not in FINGERPRINT_KEYS}  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def build_tokenizer(kind: str, text: str = "", unknown: str | None = None) -> Tokenizer:
@@ -320,7 +355,10 @@ def build_tokenizer(kind: str, text: str = "", unknown: str | None = None) -> To
 
 
 def tokenizer_from_meta(meta: dict) -> Tokenizer:
-    """Rebuild a tokenizer from what ``to_meta()`` stored."""
+    """Rebuild a tokenizer from what ``to_meta()`` stored; an HF tokenizer's text must match the
+    fingerprint stored with it (when there is one)."""
+    if not isinstance(meta, dict):
+        raise MiniGPTError(f"tokenizer metadata must be an object, got {type(meta).__name__}")
     kind = meta.get("kind")
     if kind == "gpt2":
         return GPT2Tokenizer()
@@ -329,9 +367,16 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
             raise MiniGPTError("char tokenizer metadata has no 'chars' vocabulary")
         return CharTokenizer(meta["chars"], meta.get("unknown"))
     if kind == "hf":
-        if "tokenizer_json" not in meta:
-            raise MiniGPTError("hf tokenizer metadata has no 'tokenizer_json'")
-        return _hf_from_json(meta["tokenizer_json"], meta.get("eos_token"))
+        text, eos = meta.get("tokenizer_json"), meta.get("eos_token")
+        if not isinstance(text, str):
+            raise MiniGPTError("hf tokenizer metadata has no 'tokenizer_json' text")
+        if eos is not None and not isinstance(eos, str):
+            raise MiniGPTError(f"hf tokenizer metadata: eos_token must be a string, got {eos!r}")
+        stored = meta.get("sha256")
+        if stored is not None and stored != fingerprint(text):
+            raise MiniGPTError(f"hf tokenizer metadata: its tokenizer_json does not match its sha256 fingerprint "
+                               f"({str(stored)[:12]}... != {fingerprint(text)[:12]}...): the tokenizer was altered or damaged")
+        return _hf_from_json(text, eos)
     raise MiniGPTError(f"unknown tokenizer kind {kind!r}; expected char, gpt2 or hf")
 
 

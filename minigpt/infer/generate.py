@@ -9,13 +9,20 @@ is exactly what that prompt would produce alone.
 
 Context policy: a model sees at most ``block_size`` tokens. Without the cache each step simply
 reads the last ``block_size`` tokens. With the cache, when it is full it is rebuilt from the last
-``block_size // 2`` tokens (one prefill every ``block_size // 2`` steps instead of one per step),
-so past ``block_size`` tokens the two can differ; up to ``block_size`` they are identical.
+``block_size // 2`` tokens, at least one (one prefill every ``block_size // 2`` steps instead of one
+per step), so past ``block_size`` tokens the two can differ; up to ``block_size`` they are identical.
+
+Memory: the rows' tokens are kept in buffers that grow as tokens come (``max_new_tokens`` is an upper
+bound, not an allocation); ``check_batch_fits`` refuses a batch whose KV cache and logits alone
+exceed the device's memory, and running out of memory later is a ``MiniGPTError`` naming the batch.
+Logits that are not finite (NaN or inf) are a ``MiniGPTError`` naming the token where they appeared,
+found without a host sync per token (see ``stream``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import weakref
 from typing import Callable, Iterator, Sequence
@@ -95,6 +102,16 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
         raise MiniGPTError("a stop string is empty; every sample would stop at once (give the text to stop at)")
 
 
+# torch.Generator.manual_seed takes a signed or an unsigned 64-bit integer
+SEED_RANGE = (-(2 ** 63), 2 ** 64)
+
+
+def check_seed(seed: int | None) -> None:
+    """A ``MiniGPTError`` for a seed that a torch generator cannot hold (outside [-2**63, 2**64))."""
+    if seed is not None and not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise MiniGPTError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -141,6 +158,65 @@ class TextStream:
             end = len(self.text) if final else max(self.shown, len(self.text) - self.hold)
         piece, self.shown = self.text[self.shown:end], end
         return piece
+
+
+# ----------------------------------------------------------------------------- memory
+
+# The rows' token buffers start with room for this many new tokens and double when full: a huge
+# max_new_tokens costs memory only for the tokens actually generated.
+FIRST_BUFFER_TOKENS = 4096
+NONFINITE_CHECK_EVERY = 64  # steps between reads of the non-finite flag when nothing else is read
+MEMORY_ERRORS = ("out of memory", "not enough memory", "can't allocate memory")  # torch's words, by device
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (the host's RAM for the CPU), or None where it is not known."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[1]
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def least_memory(model: GPT, batch_size: int, prompt_len: int, max_new_tokens: int, dtype: torch.dtype,
+                 static_cache: bool = False) -> int:
+    """A lower bound on the bytes a generation needs: its KV cache, its token buffers and a step's
+    logits (B, V) in float32, with their softmax. Activations come on top."""
+    cfg = model.config
+    capacity = min(cfg.block_size, prompt_len + max_new_tokens)
+    if static_cache:
+        capacity = min(cfg.block_size, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
+    element = torch.empty((), dtype=dtype).element_size()
+    kv = 2 * cfg.n_layer * cfg.kv_heads * capacity * cfg.head_dim * element  # keys and values, per row
+    buffers = 2 * 8 * (prompt_len + min(max_new_tokens, FIRST_BUFFER_TOKENS))  # tokens and mask (int64), per row
+    logits = 2 * 4 * cfg.vocab_size  # logits and probabilities (float32), per row
+    return batch_size * (kv + buffers + logits)
+
+
+def check_batch_fits(model: GPT, batch_size: int, prompt_len: int, max_new_tokens: int,
+                     dtype: torch.dtype | None = None, static_cache: bool = False) -> None:
+    """A ``MiniGPTError`` naming the batch size when even ``least_memory`` exceeds the device's memory
+    (so a billion samples fail at once, before anything is allocated)."""
+    weight = model.backbone.wte.weight
+    total = device_memory(weight.device)
+    need = least_memory(model, batch_size, prompt_len, max_new_tokens, dtype or weight.dtype, static_cache)
+    if total is not None and need > total:
+        raise MiniGPTError(f"num_samples {batch_size:,} (the batch) needs at least {need / 2 ** 30:,.1f} GiB for its "
+                           f"KV cache and logits but the {weight.device.type} has {total / 2 ** 30:,.1f} GiB: "
+                           f"generate fewer samples at once")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or \
+        (isinstance(err, RuntimeError) and any(words in str(err) for words in MEMORY_ERRORS))
+
+
+def _grown(buffer: torch.Tensor, extra: int) -> torch.Tensor:
+    """(B, W) -> (B, W + extra): the same rows followed by ``extra`` zeros."""
+    return torch.cat([buffer, buffer.new_zeros(buffer.size(0), extra)], dim=1)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -216,51 +292,77 @@ def stream(
     greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``, its length a multiple of
     ``STATIC_CACHE_MULTIPLE``), kept with the model for the next generation of that shape; with
     ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a
-    list, receives each step's processed logits (B, V) (for tests). Rows are checked for having
-    stopped every step only with stop strings (they need the text anyway); with stop tokens, every 8
-    steps; without either, never: the loop then runs without a host sync of its own.
+    list, receives each step's processed logits (B, V) (for tests).
+
+    The loop reads from the device only where it must. One read answers two questions, whether every
+    row has stopped and whether some step's logits were not finite (NaN or inf): every step with
+    stop strings (they need the text anyway), every 8 steps with stop tokens, every
+    ``NONFINITE_CHECK_EVERY`` steps otherwise. Non-finite logits are a ``MiniGPTError`` naming the
+    token where they first appeared. On the CPU sampling finds them at once (``torch.multinomial``
+    checks its rows); on a GPU that check is a device-side assert, which ends the process, so such
+    a row is drawn uniformly until the read reports it.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings)
+    check_seed(seed)
     if stop_strings and decode is None:
         raise MiniGPTError("stop_strings need a decode function (the tokenizer's decode)")
+    device = model.backbone.wte.weight.device
+    dtype = compute_dtype(device, model.backbone.wte.weight)
+    check_batch_fits(model, len(prompts), max((len(p) for p in prompts), default=0), max_new_tokens, dtype, static_cache)
     was_training = model.training
     model.eval()
-    device = model.backbone.wte.weight.device
     block = model.config.block_size
-    prompt, prompt_mask = left_pad(prompts, device)  # (B, P)
-    (B, P), V = prompt.shape, model.config.vocab_size
-    tokens = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)  # the rows, filled as they grow
-    real = torch.zeros_like(tokens)  # 1 for a real token, 0 for left padding
-    tokens[:, :P], real[:, :P] = prompt, prompt_mask
-    padded = bool((prompt_mask == 0).any())  # the one host sync before the first step; without padding no mask
-    n = P  # tokens so far in each row (padding included)
-
-    def mask(start: int, end: int) -> torch.Tensor | None:
-        return real[:, start:end] if padded else None
-
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    V = model.config.vocab_size
     greedy = not do_sample or temperature == 0
-    stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    new_ids: list[list[int]] = [[] for _ in range(B)]
-    capacity = min(block, P + max_new_tokens)  # all a cache will hold, never more than block_size
-    if static_cache:
-        capacity = min(block, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
-    dtype = compute_dtype(device, model.backbone.wte.weight)
-    cache, held, step_fn = None, 0, _decode_step
-    if compile_decode:
-        compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
-        def step_fn(*args):  # a CUDA graph overwrites its output at its next replay: keep a copy
-            return compiled(*args).clone()
+    def out_of_memory(err: BaseException) -> MiniGPTError:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return MiniGPTError(f"not enough memory on the {device.type} to generate {len(prompts):,} samples of up to "
+                            f"{max_new_tokens:,} new tokens at once ({reason}): generate fewer samples at once "
+                            f"(num_samples) or shorter ones (max_new_tokens)")
+
+    def nonfinite(step: int) -> MiniGPTError:
+        small = f", or temperature {temperature} is too small to divide by" if not greedy and temperature < 1e-20 else ""
+        return MiniGPTError(f"the model produced non-finite logits (NaN or inf) at new token {step + 1}: its weights or "
+                            f"activations overflowed (in float16? try bfloat16 or float32){small}")
+
+    cache, step_fn = None, _decode_step
     try:
+        prompt, prompt_mask = left_pad(prompts, device)  # (B, P)
+        B, P = prompt.shape
+        width = P + min(max_new_tokens, FIRST_BUFFER_TOKENS)  # the buffers grow as the rows do
+        tokens = torch.zeros(B, width, dtype=torch.long, device=device)  # the rows, filled as they grow
+        real = torch.zeros_like(tokens)  # 1 for a real token, 0 for left padding
+        tokens[:, :P], real[:, :P] = prompt, prompt_mask
+        padded = bool((prompt_mask == 0).any())  # the one host sync before the first step; without padding no mask
+        n = P  # tokens so far in each row (padding included)
+
+        def mask(start: int, end: int) -> torch.Tensor | None:
+            return real[:, start:end] if padded else None
+
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # the first step with NaN/inf logits, or -1
+        new_ids: list[list[int]] = [[] for _ in range(B)]
+        capacity = min(block, P + max_new_tokens)  # all a cache will hold, never more than block_size
+        if static_cache:
+            capacity = min(block, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
+        held = 0
+        if compile_decode:
+            compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None,
+                                     dynamic=False)
+
+            def step_fn(*args):  # a CUDA graph overwrites its output at its next replay: keep a copy
+                return compiled(*args).clone()
+
         for step in range(max_new_tokens):
             if not use_cache:
                 start = max(0, n - block)
                 logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), logits_to_keep=1)
                 logits = logits[:, -1, :]
             elif cache is None or held + 1 > block:  # (re)fill the cache from the recent context
-                start = max(0, n - (block if cache is None else block // 2))
+                start = max(0, n - (block if cache is None else max(1, block // 2)))  # block_size 1: the last token
                 held = n - start
                 if static_cache:  # every slot is read: the mask covers them all, the prompt's slots first
                     if cache is None:
@@ -308,8 +410,19 @@ def stream(
 
             if greedy:
                 next_ids = logits.argmax(dim=-1)  # (B,)
+                bad = ~torch.isfinite(logits).all(dim=-1)  # (B,) rows whose logits hold a NaN or an inf
             else:
-                next_ids = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+                probs = F.softmax(logits, dim=-1)  # (B, V)
+                bad = ~torch.isfinite(probs).all(dim=-1)  # (B,) rows that are no distribution (NaN or inf logits)
+                if device.type != "cpu":  # multinomial's check would be a device-side assert, fatal to the process:
+                    probs = torch.where(bad[:, None], 1.0 / V, probs)  # draw those rows uniformly until the read below
+                try:
+                    next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+                except RuntimeError as err:  # on the CPU multinomial checks the rows at once
+                    if "probability tensor" not in str(err):
+                        raise
+                    raise nonfinite(step) from None
+            nonfinite_at = torch.where((nonfinite_at < 0) & bad.any(), step, nonfinite_at)  # on the device: no sync
             was_finished = finished.clone()
             if len(stops):
                 finished |= torch.isin(next_ids, stops)
@@ -320,10 +433,22 @@ def stream(
                         if any(s in decode(new_ids[row]) for s in stop_strings):
                             finished[row] = True
             yield next_ids, was_finished
+            if n == tokens.size(1):  # the buffers are full: double them (never past P + max_new_tokens)
+                extra = min(tokens.size(1), P + max_new_tokens - n)
+                tokens, real = _grown(tokens, extra), _grown(real, extra)
             tokens[:, n], real[:, n] = next_ids, 1
             n += 1
-            if (stop_strings or (len(stops) and step % 8 == 7)) and finished.all():
-                break
+            check_stop = stop_strings or (len(stops) and step % 8 == 7)
+            if check_stop or step % NONFINITE_CHECK_EVERY == NONFINITE_CHECK_EVERY - 1:
+                code = int((nonfinite_at + 1) * 2 + finished.all())  # one read answers both questions
+                if code >= 2:
+                    raise nonfinite(code // 2 - 1)
+                if code & 1:  # every row has stopped
+                    break
+    except Exception as err:
+        if _is_out_of_memory(err):
+            raise out_of_memory(err) from None
+        raise
     finally:
         model.train(was_training)
         if static_cache and cache is not None:

@@ -8,9 +8,10 @@ token, its perplexity, and bits per UTF-8 byte (comparable across tokenizers).
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,42 +24,64 @@ from ..errors import MiniGPTError
 from ..model.model import GPT
 
 
+def _token_reader(ids) -> tuple[int, Callable[[int, int], torch.Tensor]]:
+    """(number of tokens, ``take(begin, end)`` -> those tokens as int64 (n,)). A split's shards (anything
+    with ``read(start, length)``, as ``data.loader.TokenShards``) are read a window at a time, so a
+    split larger than memory is scored as well as a list of ids."""
+    if hasattr(ids, "read"):
+        return len(ids), lambda b, e: torch.from_numpy(np.asarray(ids.read(b, e - b), dtype=np.int64))
+    data = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    return len(data), lambda b, e: data[b:e]
+
+
+def _windows(n: int, T: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first_new) of each window over n tokens: window k covers tokens [begin, end + 1)
+    and scores the targets window k - 1 did not, from index ``first_new`` inside it."""
+    scored_until, begin = 0, 0
+    while scored_until < n - 1:
+        end = min(begin + T, n - 1)  # last input position (exclusive)
+        yield begin, end, scored_until - begin
+        scored_until = end
+        begin = max(0, end - T + stride) if end < n - 1 else end
+
+
 @torch.no_grad()
 def perplexity(model: GPT, ids: Sequence[int], stride: int | None = None, batch_size: int = 8,
                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
                progress: bool = True) -> dict:
-    """Sum of next-token negative log-likelihoods over ``ids`` with a sliding window."""
+    """Sum of next-token negative log-likelihoods over ``ids`` (a sequence of ids, or a split's
+    ``TokenShards``, read a window at a time) with a sliding window."""
     T = model.config.block_size
     stride = T // 2 if stride is None else stride
     if not 0 < stride <= T:
         raise MiniGPTError(f"stride must be in [1, block_size={T}], got {stride}")
-    if len(ids) < 2:
+    n, take = _token_reader(ids)
+    if n < 2:
         raise MiniGPTError("need at least two tokens to measure perplexity")
-    data = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    # window k covers data[begin : begin + T + 1]; it scores the targets not scored by window k - 1
-    windows, scored_until, begin = [], 0, 0
-    while scored_until < len(data) - 1:
-        end = min(begin + T, len(data) - 1)  # last input position (exclusive)
-        first_new = scored_until - begin  # index inside the window of the first unscored target
-        windows.append((begin, end, first_new))
-        scored_until = end
-        begin = max(0, end - T + stride) if end < len(data) - 1 else end
+    windows = _windows(n, T, stride)
+    n_windows = 1 + max(0, math.ceil((n - 1 - T) / stride))  # the first ends at T, each next one stride later
     total_nll, total_tokens = 0.0, 0
     model.eval()
     # windows of equal length (all but possibly the last) run batch_size at a time
-    for i in tqdm(range(0, len(windows), batch_size), desc="eval", unit="batch", disable=None if progress else True, file=sys.stderr):
-        group = windows[i: i + batch_size]
+    bar = tqdm(total=math.ceil(n_windows / batch_size), desc="eval", unit="batch", disable=None if progress else True,
+               file=sys.stderr)
+    while group := list(itertools.islice(windows, batch_size)):
+        bar.update()
         lengths = {end - begin for begin, end, _ in group}
         runs = [group] if len(lengths) == 1 else [[w] for w in group]
         for run in runs:
-            x = torch.stack([data[b:e] for b, e, _ in run]).to(device)  # (n, t)
-            y = torch.stack([data[b + 1: e + 1] for b, e, _ in run]).to(device)  # (n, t)
+            chunks = torch.stack([take(b, e + 1) for b, e, _ in run])  # (n, t + 1): inputs and targets
+            x, y = chunks[:, :-1].to(device), chunks[:, 1:].to(device)  # (n, t) each
             with autocast(device, dtype):
                 logits, _ = model(x)
             nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)  # (n, t)
             for row, (_, _, first_new) in enumerate(run):
                 total_nll += nll[row, first_new:].sum().item()
                 total_tokens += y.size(1) - first_new
+    bar.close()
+    if not math.isfinite(total_nll):
+        raise MiniGPTError("the model produced non-finite logits (NaN or inf) on this text: its weights or "
+                           "activations overflowed (in float16? try bfloat16 or float32)")
     loss = total_nll / total_tokens
     return {"tokens": total_tokens, "loss": loss, "perplexity": math.exp(loss), "nll_sum": total_nll}
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..data.labelled import EncodedTexts, LabelledText
 from ..data.tokenizers import EOT_TEXT, Tokenizer
+from ..errors import MiniGPTError
 from ..model.model import GPT
 
 
@@ -80,6 +81,11 @@ def classify_texts(model: torch.nn.Module, tok: Tokenizer, texts: list[str], met
     data = LabelledText(texts, [names[0]] * len(texts), "input",  # the labels are not used
                         parts=[tuple(t.split("\t")) for t in texts] if pairs else None,
                         separator=meta.get("text_separator", "\n"))
-    probs = F.softmax(predict_logits(model, EncodedTexts(data, tok, names, meta["max_length"], meta["truncate"]),
-                                     len(names), device), dim=-1)  # (N, K)
+    logits = predict_logits(model, EncodedTexts(data, tok, names, meta["max_length"], meta["truncate"]),
+                            len(names), device)  # (N, K)
+    bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten().tolist()
+    if bad:  # argmax would pick a label at random
+        raise MiniGPTError(f"the classifier produced non-finite logits (NaN or inf) for text {bad[0] + 1}: its weights "
+                           f"or activations overflowed")
+    probs = F.softmax(logits, dim=-1)  # (N, K)
     return [names[i] for i in probs.argmax(dim=-1).tolist()], probs

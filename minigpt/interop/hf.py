@@ -6,11 +6,15 @@ GPT-2 stores its linear layers as ``Conv1D`` with weight (in, out); ``nn.Linear`
 so those four matrices per block are transposed on the way in and out. Llama and Qwen2 keep q, k,
 v and gate, up as separate matrices; minigpt computes each group in one matmul (``c_attn``,
 ``c_fc``), so they are stacked on the way in and split on the way out. An option minigpt does not
-implement (rope scaling, sliding windows, ...) is an error naming the key, never silently ignored.
+implement (rope scaling, sliding windows, ...) is an error naming the key, never silently ignored;
+so is a value of the wrong JSON type (every field is read through ``_field``).
 """
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ from ..model.model import GPT
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints kept
 LLAMA_TYPES = ("llama", "qwen2")
+BLOCK_KEY = re.compile(r"(?:transformer\.h|h|model\.layers)\.(\d+)\.")  # a block's tensor, GPT-2's or Llama's: its index
 
 
 def _require(cond: bool, source: str, what: str, layout: str) -> None:
@@ -30,15 +35,50 @@ def _require(cond: bool, source: str, what: str, layout: str) -> None:
         raise MiniGPTError(f"{source}: config {what} is not supported by minigpt's {layout} layout")
 
 
-def _key(hf: dict, name: str, source: str):
-    if name not in hf:
-        raise MiniGPTError(f"{source}: config has no key {name!r}")
-    return hf[name]
+REQUIRED = object()  # _field's default for a key config.json must have
+# the JSON types a config.json field may hold: what the value must be, and the test of it
+JSON_KINDS = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "object": ("an object (or null)", lambda v: isinstance(v, dict)),
+}
+
+
+def _field(hf: dict, name: str, kind: str, source: str, default=REQUIRED, where: str = "config"):
+    """``hf[name]``, checked to be of ``kind`` (a key of ``JSON_KINDS``); absent or null gives ``default``
+    (absent with no default is an error naming the key)."""
+    value = hf.get(name)
+    if value is None:
+        if default is REQUIRED:
+            raise MiniGPTError(f"{source}: {where} has no key {name!r}")
+        return default
+    what, ok = JSON_KINDS[kind]
+    if not ok(value):
+        raise MiniGPTError(f"{source}: {where} {name!r} must be {what}, got {value!r}")
+    return value
+
+
+def read_hf_config(folder: str | Path) -> dict:
+    """A Hugging Face folder's config.json, which must be a JSON object."""
+    path = Path(folder) / "config.json"
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise MiniGPTError(f"{path}: not a JSON object (a Hugging Face config is one)")
+    return config
+
+
+def hf_model_type(hf: dict, source: str) -> str:
+    """The config's model_type (gpt2 when absent, as GPT-2's oldest configs have none)."""
+    return _field(hf, "model_type", "str", source, "gpt2")
 
 
 def _config_from_hf(hf: dict, source: str) -> dict:
     """GPTConfig fields for a Hugging Face config.json."""
-    model_type = hf.get("model_type", "gpt2")
+    if not isinstance(hf, dict):
+        raise MiniGPTError(f"{source}: the config is not a JSON object")
+    model_type = hf_model_type(hf, source)
     if model_type == "gpt2":
         return _gpt2_config(hf, source)
     if model_type in LLAMA_TYPES:
@@ -49,51 +89,60 @@ def _config_from_hf(hf: dict, source: str) -> dict:
 
 def _gpt2_config(hf: dict, source: str) -> dict:
     require = lambda cond, what: _require(cond, source, what, "GPT-2")  # noqa: E731
-    activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
-        hf.get("activation_function", "gelu_new"))
-    require(activation is not None, f"activation_function {hf.get('activation_function')!r}")
-    require(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
-    require(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
+    field = lambda name, kind, default=REQUIRED: _field(hf, name, kind, source, default)  # noqa: E731
+    named = field("activation_function", "str", "gelu_new")
+    activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(named)
+    require(activation is not None, f"activation_function {named!r}")
+    require(field("scale_attn_weights", "bool", True), "scale_attn_weights=false")
+    require(not field("scale_attn_by_inverse_layer_idx", "bool", False), "scale_attn_by_inverse_layer_idx=true")
     return dict(
-        vocab_size=_key(hf, "vocab_size", source), block_size=_key(hf, "n_positions", source),
-        n_layer=_key(hf, "n_layer", source), n_head=_key(hf, "n_head", source), n_embd=_key(hf, "n_embd", source),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_weights=hf.get("tie_word_embeddings", True),
-        bias=True, pos_embedding="learned", activation=activation, mlp_hidden=hf.get("n_inner") or 0,
+        vocab_size=field("vocab_size", "int"), block_size=field("n_positions", "int"),
+        n_layer=field("n_layer", "int"), n_head=field("n_head", "int"), n_embd=field("n_embd", "int"),
+        layer_norm_eps=float(field("layer_norm_epsilon", "number", 1e-5)),
+        tie_weights=field("tie_word_embeddings", "bool", True),
+        bias=True, pos_embedding="learned", activation=activation, mlp_hidden=field("n_inner", "int", 0),
     )
 
 
 def _rope_theta(hf: dict, source: str) -> float:
     """The rotary base of a Llama/Qwen2 config, written either way transformers has written it."""
-    params = hf.get("rope_parameters") or {}
-    kind = params.get("rope_type", "default")
+    params = _field(hf, "rope_parameters", "object", source, {})
+    kind = _field(params, "rope_type", "str", source, "default", where="config rope_parameters")
     _require(kind == "default", source, f"rope_parameters.rope_type {kind!r}", "rope")
-    scaling = hf.get("rope_scaling")
-    _require(scaling is None or scaling.get("rope_type", scaling.get("type")) == "default", source,
-             f"rope_scaling {scaling!r}", "rope")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = _field(hf, "rope_scaling", "object", source, None)
+    if scaling is not None:
+        scaling_kind = _field(scaling, "rope_type", "str", source, None, where="config rope_scaling") or \
+            _field(scaling, "type", "str", source, None, where="config rope_scaling")
+        _require(scaling_kind == "default", source, f"rope_scaling {scaling!r}", "rope")
+    theta = _field(hf, "rope_theta", "number", source, 10000.0)
+    return float(_field(params, "rope_theta", "number", source, theta, where="config rope_parameters"))
 
 
 def _llama_config(hf: dict, source: str) -> dict:
     model_type = hf["model_type"]
     require = lambda cond, what: _require(cond, source, what, model_type)  # noqa: E731
-    n_embd, n_head = _key(hf, "hidden_size", source), _key(hf, "num_attention_heads", source)
-    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r}")
-    require(hf.get("head_dim") in (None, n_embd // n_head), f"head_dim {hf.get('head_dim')!r} (not hidden_size / "
-                                                            f"num_attention_heads)")
-    require(hf.get("pretraining_tp", 1) == 1, f"pretraining_tp {hf.get('pretraining_tp')!r}")
-    require(not hf.get("use_sliding_window", False), "use_sliding_window=true")
+    field = lambda name, kind, default=REQUIRED: _field(hf, name, kind, source, default)  # noqa: E731
+    n_embd, n_head = field("hidden_size", "int"), field("num_attention_heads", "int")
+    hidden_act = field("hidden_act", "str", "silu")
+    require(hidden_act == "silu", f"hidden_act {hidden_act!r}")
+    head_dim = field("head_dim", "int", None)
+    require(head_dim is None or (n_head > 0 and head_dim == n_embd // n_head),
+            f"head_dim {head_dim!r} (not hidden_size / num_attention_heads)")
+    tp = field("pretraining_tp", "int", 1)
+    require(tp == 1, f"pretraining_tp {tp!r}")
+    require(not field("use_sliding_window", "bool", False), "use_sliding_window=true")
     if model_type == "llama":
-        attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        attention_bias, mlp_bias = field("attention_bias", "bool", False), field("mlp_bias", "bool", False)
         require(attention_bias == mlp_bias, f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
-        bias, qkv_bias = bool(attention_bias), False
+        bias, qkv_bias = attention_bias, False
     else:  # Qwen2: biases on q, k, v only
         bias, qkv_bias = False, True
     return dict(
-        vocab_size=_key(hf, "vocab_size", source), block_size=_key(hf, "max_position_embeddings", source),
-        n_layer=_key(hf, "num_hidden_layers", source), n_head=n_head, n_embd=n_embd,
-        n_kv_head=hf.get("num_key_value_heads") or n_head, pos_embedding="rope", rope_theta=_rope_theta(hf, source),
-        norm="rmsnorm", layer_norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu",
-        mlp_hidden=_key(hf, "intermediate_size", source), tie_weights=hf.get("tie_word_embeddings", False),
+        vocab_size=field("vocab_size", "int"), block_size=field("max_position_embeddings", "int"),
+        n_layer=field("num_hidden_layers", "int"), n_head=n_head, n_embd=n_embd,
+        n_kv_head=field("num_key_value_heads", "int", 0) or n_head, pos_embedding="rope",
+        rope_theta=_rope_theta(hf, source), norm="rmsnorm", layer_norm_eps=float(field("rms_norm_eps", "number", 1e-6)),
+        mlp="swiglu", mlp_hidden=field("intermediate_size", "int"), tie_weights=field("tie_word_embeddings", "bool", False),
         bias=bias, qkv_bias=qkv_bias,
     )
 
@@ -119,16 +168,22 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _shards(folder: Path, index: Path) -> list[Path]:
-    """The shard files an index names, each of which must lie in ``folder`` itself."""
-    weight_map = read_json(index).get("weight_map")
+    """The shard files an index names. Each name must be a plain file name in ``folder`` (no folder
+    part, no ``..``); the name is confined, not the file it resolves to, so the Hugging Face cache's
+    layout (each file in snapshots/<rev>/ a symlink into ../../blobs/) is read as it is."""
+    spec = read_json(index)
+    weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise MiniGPTError(f"{index}: no 'weight_map' object naming the shard of each tensor")
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise MiniGPTError(f"{index}: weight_map names the shard of {tensor!r} as {name!r}; expected a file name")
     shards = []
     for name in sorted(set(weight_map.values())):
-        shard = folder / str(name)
-        if Path(str(name)).is_absolute() or shard.resolve().parent != folder.resolve():
-            raise MiniGPTError(f"{index}: shard {name!r} lies outside {folder}; a shard must be a file in that folder")
-        shards.append(shard)
+        if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+            raise MiniGPTError(f"{index}: shard {name!r} lies outside {folder}; a shard must be a file in that folder "
+                               f"(a plain file name)")
+        shards.append(folder / name)
     return shards
 
 
@@ -139,10 +194,20 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
         config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
     except MiniGPTError as err:
         raise MiniGPTError(f"{source}: {err}") from None
-    model = GPT(config)
     hf_state = {k: v for k, v in hf_state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    blocks = {int(m.group(1)) for m in map(BLOCK_KEY.match, hf_state) if m}
+    if config.n_layer != len(blocks):  # before anything is built per layer (a num_hidden_layers of 10**9 ...)
+        raise MiniGPTError(f"{source}: config has {config.n_layer:,} layers (n_layer / num_hidden_layers) but the "
+                           f"weights hold {len(blocks):,} blocks (do the config and the weights belong together?)")
     state = _gpt2_in(hf_state, config) if hf_config.get("model_type", "gpt2") == "gpt2" else _llama_in(hf_state, config, source)
-    load_weights(model, state, source, optional=["head.weight"] if config.tie_weights else [])
+    optional = ["head.weight"] if config.tie_weights else []
+    with torch.device("meta"):  # first the shapes config.json implies, without memory behind them: a config that
+        shell = GPT(config)  # does not fit its weights (a vocab_size of 10**12) is an error before anything is allocated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (copying into meta tensors is a no-op: only the checks of names and shapes run)
+        load_weights(shell, state, source, optional=optional)
+    model = GPT(config)
+    load_weights(model, state, source, optional=optional)
     return model
 
 
@@ -198,7 +263,7 @@ def load_hf(path: str | Path, **runtime) -> GPT:
     path = Path(path)
     if not path.is_dir():
         raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face checkpoint directory)")
-    hf_config = read_json(path / "config.json")
+    hf_config = read_hf_config(path)
     return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **runtime)
 
 
@@ -207,6 +272,9 @@ def load_hf(path: str | Path, **runtime) -> GPT:
 
 def hf_architecture(config: GPTConfig) -> str:
     """Which Hugging Face architecture computes the same function as ``config``: gpt2, llama or qwen2."""
+    if config.logit_softcap:
+        raise MiniGPTError(f"logit_softcap ({config.logit_softcap:g}): no Hugging Face architecture minigpt writes "
+                           f"(GPT-2, Llama, Qwen2) caps its logits")
     gpt2 = dict(norm="layernorm", mlp="gelu", qk_norm=False)
     llama = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False)
     if all(getattr(config, k) == v for k, v in gpt2.items()) and config.pos_embedding != "rope" \
