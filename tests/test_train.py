@@ -162,8 +162,9 @@ def test_sigint_saves_then_exits(char_data, tmp_path):
     assert meta["iter_num"] >= 1
 
 
-def test_ddp_two_processes_match_one_process(char_data, tmp_path):
-    common = dict(max_iters=4, lr_decay_iters=4, eval_interval=100, dropout=0.0, log_interval=1)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ddp_two_processes_match_one_process(char_data, tmp_path, optimizer):
+    common = dict(max_iters=4, lr_decay_iters=4, eval_interval=100, dropout=0.0, log_interval=1, optimizer=optimizer)
     single = run_train(cli_args(char_data, tmp_path / "one", gradient_accumulation_steps=2, **common))
     out, err = single.communicate(timeout=300)
     assert single.returncode == 0, err

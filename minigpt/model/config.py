@@ -5,23 +5,28 @@ their model keys from these fields. Three fields are run-time choices rather tha
 ``dropout``, ``attn_backend`` and ``grad_checkpoint`` (see ``RUNTIME_FIELDS``). They may differ
 between runs of the same weights (fine-tuning with more dropout, checking with the manual
 attention), so checkpoints are compared on ``architecture()`` alone.
+
+A field that the other fields make inapplicable (``rope_theta`` without rotary positions) is a
+``MiniGPTWarning``, not an error: it changes nothing the model computes, and an error would make
+checkpoints that were saved with it unloadable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Range, check_settings, setting
-from ..errors import MiniGPTError
+from ..errors import MiniGPTError, MiniGPTWarning
 
 ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
 ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation of GELU | the exact (erf) form
 POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal", "rope")  # a trained table (GPT-2) | fixed sinusoids | rotary (Llama)
 NORMS = ("layernorm", "rmsnorm")  # LayerNorm (GPT-2) | RMSNorm (Llama, Qwen2)
-MLPS = ("gelu", "swiglu")  # C -> 4C -> GELU -> C (GPT-2) | the gated SiLU form (Llama, Qwen2)
+MLPS = ("gelu", "swiglu", "relu2")  # C -> 4C -> GELU -> C (GPT-2) | gated SiLU (Llama, Qwen2) | ReLU² (speedrun)
 RUNTIME_FIELDS = ("dropout", "attn_backend", "grad_checkpoint")  # not architecture: may change between runs
 
 
@@ -49,15 +54,19 @@ class GPTConfig:
     norm: str = setting("layernorm", "the norm before each sublayer and at the end", NORMS)
     layer_norm_eps: float = setting(1e-5, "epsilon of every norm (LayerNorm or RMSNorm)",
                                     within=Range(0, 1, low_open=True, high_open=True))
-    mlp: str = setting("gelu", "feed-forward form", MLPS)
-    mlp_hidden: int = setting(0, "hidden width of the MLP (0: 4·n_embd for gelu; for swiglu 8/3·n_embd, rounded "
-                                 "up to a multiple of 64)", within=AT_LEAST_0)
+    mlp: str = setting("gelu", "feed-forward form (relu2: squared ReLU, as the GPT-2 speedrun and nanochat)", MLPS)
+    mlp_hidden: int = setting(0, "hidden width of the MLP (0: 4·n_embd for gelu and relu2; for swiglu 8/3·n_embd, "
+                                 "rounded up to a multiple of 64)", within=AT_LEAST_0)
     activation: str = setting("gelu_tanh", "the gelu MLP's activation: GPT-2's tanh GELU, or the exact one (faster on "
                                            "some CPUs)", ACTIVATIONS)
     n_kv_head: int = setting(0, "key/value heads, shared by groups of query heads (0: n_head, plain multi-head; "
                                 "1: multi-query)", within=AT_LEAST_0)
     qk_norm: bool = setting(False, "RMSNorm on each head's queries and keys (as Qwen3, OLMo-2)")
     qkv_bias: bool = setting(False, "biases on the query/key/value projection even when bias is false (Qwen2)")
+    logit_softcap: float = setting(0.0, "cap·tanh(logits / cap) on the LM head's logits, so none exceeds the cap "
+                                        "(Gemma 2, the speedrun; 0: off)", within=AT_LEAST_0)
+    zero_init_proj: bool = setting(False, "initialise the projections into the residual stream (attention out, MLP "
+                                          "down) to zero, so each block starts as the identity (the speedrun)")
     # run-time choices (RUNTIME_FIELDS)
     dropout: float = setting(0.0, "dropout on embeddings, attention weights and residual branches", within=UNIT)
     attn_backend: str = setting("sdpa", "attention: fused kernel, or the explicit softmax written out",
@@ -67,6 +76,17 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        for message in self.inapplicable():  # (from this line: shown once, however often a config is copied)
+            warnings.warn(message, MiniGPTWarning, stacklevel=1)
+
+    def inapplicable(self) -> list[str]:
+        """One line for each field set away from its default that the other fields make unused."""
+        lines = []
+        default_theta = GPTConfig.__dataclass_fields__["rope_theta"].default
+        if self.pos_embedding != "rope" and self.rope_theta != default_theta:
+            lines.append(f"GPTConfig.rope_theta ({self.rope_theta:g}) is used only with pos_embedding 'rope'; with "
+                         f"{self.pos_embedding!r} positions it changes nothing")
+        return lines
 
     @property
     def head_dim(self) -> int:
@@ -87,7 +107,7 @@ class GPTConfig:
         """The MLP's hidden width."""
         if self.mlp_hidden:
             return self.mlp_hidden
-        return 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 64 * math.ceil(8 * self.n_embd / 3 / 64) if self.mlp == "swiglu" else 4 * self.n_embd
 
     def validate(self) -> None:
         """Raise ``MiniGPTError`` naming the first field whose value is not usable."""

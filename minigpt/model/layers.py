@@ -311,17 +311,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward, C -> hidden -> C, in one of two forms:
+    """Position-wise feed-forward, C -> hidden -> C, in one of three forms:
 
     ``gelu``: GELU(x W_fc) W_proj (GPT-2; GELU in its tanh form unless configured exact);
     ``swiglu``: (SiLU(x W_gate) ⊙ x W_up) W_proj (Shazeer 2020; Llama), with W_gate and W_up in one
-    matmul, ``c_fc``, whose output is split in two.
+    matmul, ``c_fc``, whose output is split in two;
+    ``relu2``: ReLU(x W_fc)² W_proj (So et al. 2021, "Primer"; the GPT-2 speedrun).
     """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.hidden
-        self.gated = config.mlp == "swiglu"
+        self.gated, self.squared_relu = config.mlp == "swiglu", config.mlp == "relu2"
         self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
@@ -331,6 +332,8 @@ class MLP(nn.Module):
         if self.gated:
             gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
             return self.dropout(self.c_proj(F.silu(gate) * up))
+        if self.squared_relu:
+            return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))  # (B, T, hidden) -> (B, T, C)
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 

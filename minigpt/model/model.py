@@ -137,7 +137,7 @@ class GPT(nn.Module):
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm at
         identity, and the projections that write into the residual stream scaled by 1/√(2·n_layer)
-        so the stream's variance does not grow with depth."""
+        so the stream's variance does not grow with depth (or zero, with ``zero_init_proj``)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -150,7 +150,10 @@ class GPT(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=residual_std)
+                if self.config.zero_init_proj:  # each block starts as the identity; the gradient still reaches it
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=residual_std)
         with torch.no_grad():  # padding rows: zero, and they stay so (their logits are cut off, so no gradient)
             self.backbone.wte.weight[self.config.vocab_size:].zero_()
             self.head.weight[self.config.vocab_size:].zero_()
@@ -176,6 +179,8 @@ class GPT(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, k, C)
         logits = self.head(hidden)  # (B, T, V padded)
+        if self.config.logit_softcap:  # smoothly bounded to (-cap, cap)
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         if self.config.padded_vocab != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # (B, T, V): padding is never a prediction
         loss = None
