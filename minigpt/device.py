@@ -174,12 +174,14 @@ def check_fits(nbytes: int, what: str, device: torch.device) -> None:
                            f"this {device.type} has; make it smaller")
 
 
+MEMORY_ERRORS = ("out of memory", "not enough memory", "can't allocate memory")  # torch's words, by device
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is a failed allocation (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError)."""
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    return isinstance(err, RuntimeError) and any(words in str(err).lower() for words in MEMORY_ERRORS)
 
 
 @contextlib.contextmanager

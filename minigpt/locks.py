@@ -49,8 +49,11 @@ def hold_lock(folder: str | Path, what: str) -> Iterator[Path]:
             who = holder(folder) or "another process"
             raise MiniGPTError(f"{folder} is in use by another {what} ({who}); wait for it to end, or use another "
                                f"folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode("utf-8", "replace"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode("utf-8", "replace"), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only the holder's description is missing
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

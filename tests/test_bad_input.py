@@ -8,13 +8,17 @@ so the table stays fast. Each case builds its argv from a shared workspace of sm
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -129,6 +133,40 @@ def meta_with(data: Path, **changes) -> None:
     (data / "meta.json").write_text(json.dumps(meta))
 
 
+def meta_shard(data: Path, **changes) -> None:
+    meta = json.loads((data / "meta.json").read_text())
+    meta["splits"]["train"]["shards"][0].update(changes)
+    (data / "meta.json").write_text(json.dumps(meta))
+
+
+def swap_tokens(path: Path) -> None:
+    """Two tokens of a shard swapped: the same size and ids, other content."""
+    data = bytearray(path.read_bytes())
+    data[1024:1026], data[1030:1032] = data[1030:1032], data[1024:1026]
+    assert bytes(data) != path.read_bytes()
+    path.write_bytes(bytes(data))
+
+
+HELD = []  # descriptors of the folders locked by the cases (released when the test process ends)
+
+
+def locked(folder: Path) -> Path:
+    """``folder``, locked as a running training would hold it."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".minigpt.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"pid {os.getpid()}: train.py\n".encode())
+    HELD.append(fd)
+    return folder
+
+
+def resumed_clf(ws, tmp) -> list[str]:
+    """Overrides that resume a copy of the workspace's classifier run for two more steps."""
+    return [f"--out_dir={copy(ws, 'clf', tmp)}", "--resume", "--max_iters=4"]
+
+
 def out_dir_with_run(ws, tmp) -> Path:
     copy(ws, "lm", tmp)
     return tmp / "lm"
@@ -191,6 +229,64 @@ def index_outside(folder: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte": "../elsewhere.safetensors"}}))
 
 
+def index_shard_number(folder: Path) -> None:
+    """model.safetensors replaced by an index whose weight_map gives a number, not a file name, as a shard."""
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte": 5}}))
+
+
+def set_key(key, value):
+    """A meta_change for damaged_checkpoint: the 'minigpt' metadata with ``key`` set to ``value``."""
+    def change(text):
+        return json.dumps({**json.loads(text), key: value})
+    return change
+
+
+LLAMA = dict(model_type="llama", hidden_size=8, num_attention_heads=2, max_position_embeddings=16, num_hidden_layers=1)
+
+
+def llama_variant(ws, tmp, **changes) -> Path:
+    """ws/hf with its config relabelled as a one-layer llama of the same size, then ``changes`` applied."""
+    return hf_variant(ws, tmp, lambda c: c.update(LLAMA, **changes))
+
+
+def hf_folder(tmp: Path, name: str, vocab_size: int = 50257, nan: bool = False) -> Path:
+    """A fresh one-layer Hugging Face folder tmp/name (every weight NaN if ``nan``)."""
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    if nan:
+        for p in model.parameters():
+            p.data.fill_(float("nan"))
+    save_hf(model, tmp / name)
+    return tmp / name
+
+
+def damaged_gzip(tmp: Path) -> Path:
+    """A .jsonl.gz corpus whose first deflate block has the reserved block type (bits 1-2 of byte 10 set)."""
+    lines = "".join(json.dumps({"text": SHAKESPEARE[i:i + 300]}) + "\n" for i in range(0, 18_000, 300))
+    data = gzip.compress(lines.encode(), mtime=0)
+    return write(tmp / "d.jsonl.gz", data[:10] + bytes([data[10] | 6]) + data[11:])
+
+
+def damaged_parquet(tmp: Path) -> Path:
+    """A parquet corpus of four row groups with 64 bytes XOR-ed 0xA5 in the middle of the file (row group 2)."""
+    path = tmp / "d.parquet"
+    pq.write_table(pa.table({"text": [SHAKESPEARE[i:i + 500] for i in range(0, 20_000, 500)]}), path, row_group_size=10)
+    data = path.read_bytes()
+    mid = len(data) // 2
+    path.write_bytes(data[:mid] + bytes(x ^ 0xA5 for x in data[mid:mid + 64]) + data[mid + 64:])
+    return path
+
+
+WORD_LEVEL = '{"model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}}'
+
+
+def tokenizer_folder(tmp: Path, config_text: str | bytes) -> Path:
+    """tmp/tok: a one-word WordLevel tokenizer.json with ``config_text`` as its tokenizer_config.json."""
+    write(tmp / "tok" / "tokenizer.json", WORD_LEVEL)
+    write(tmp / "tok" / "tokenizer_config.json", config_text)
+    return tmp / "tok"
+
+
 CASES = [
     # --- train.py: keys and values
     ("unknown-key", "train", lambda ws, t: lm_args(ws, t, "--n_layers=3"), "unknown key 'n_layers'; did you mean 'n_layer'"),
@@ -220,7 +316,7 @@ CASES = [
     ("max-iters-negative", "train", lambda ws, t: lm_args(ws, t, "--max_iters=-5"), "max_iters must be at least 1, got -5"),
     ("eval-interval-0", "train", lambda ws, t: lm_args(ws, t, "--eval_interval=0"), "eval_interval must be at least 1"),
     ("warmup-negative", "train", lambda ws, t: lm_args(ws, t, "--warmup_iters=-1"), "warmup_iters must be at least 0"),
-    ("seed-negative", "train", lambda ws, t: lm_args(ws, t, "--seed=-1"), "seed must be at least 0"),
+    ("seed-negative", "train", lambda ws, t: lm_args(ws, t, "--seed=-1"), "seed must be in [0, "),
     ("key-without-value", "train", lambda ws, t: [*lm_args(ws, t), "--n_layer"], "--n_layer needs a value"),
     ("stray-word", "train", lambda ws, t: [*lm_args(ws, t), "stray"], "expected --key=value or --key value, got 'stray'"),
     # --- train.py: the config file
@@ -311,7 +407,7 @@ CASES = [
     ("sample-empty-stop", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--stop", ""], "a stop string is empty"),
     ("sample-stream-several", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--stream", "--num_samples", "2"], "--stream shows one sample"),
     ("sample-num-samples-0", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--num_samples", "0"], "--num_samples must be at least 1"),
-    ("sample-seed-negative", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--seed", "-1"], "--seed must be at least 0"),
+    ("sample-seed-negative", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--seed", "-1"], "--seed must be in [0, 2**64), got -1"),
     ("sample-prompt-file-missing", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--prompt_file", str(t / "p.txt")], "prompt file not found: "),
     ("sample-prompt-file-latin1", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--prompt_file", str(ws / "latin1.txt")], "latin1.txt: not UTF-8 text (byte 3"),
     ("sample-prompt-file-folder", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--prompt_file", str(ws / "folder")], "prompt file " ),
@@ -374,8 +470,46 @@ CASES = [
     ("plot-no-metrics", "plot", lambda ws, t: [str(t)], "metrics.jsonl not found"),
     ("plot-bad-line", "plot", lambda ws, t: [str(write(t / "metrics.jsonl", '{"iter": 1}\n{oops\n').parent)], "metrics.jsonl:2: not a JSON line"),
     # --- second sweep (issue 23): training runs, run folders, reading prepared data
+    ("seed-2-64", "train", lambda ws, t: lm_args(ws, t, f"--seed={2 ** 64}"), "seed must be in [0, 9223372036853727232], got 18446744073709551616"),
+    ("batch-too-large", "train", lambda ws, t: lm_args(ws, t, "--batch_size=100000000000"), "a micro-batch's logits (batch_size 100000000000 x block_size 16"),
+    ("pad-vocab-too-large", "train", lambda ws, t: lm_args(ws, t, "--pad_vocab_multiple=100000000000"), "the embedding (100,000,000,000 rows with pad_vocab_multiple"),
+    ("clf-batch-too-large", "train", lambda ws, t: clf_args(ws, t, "--batch_size=100000000000"), "a micro-batch's activations (batch_size 100000000000 x max_length 16"),
+    ("clf-resume-relabelled", "train", lambda ws, t: clf_args(ws, t, *resumed_clf(ws, t), "--labels=pos,neg"), "the checkpoint's labels differs from the config's (checkpoint != config): ['neg', 'pos'] != ['pos', 'neg']"),
+    ("clf-resume-other-pooling", "train", lambda ws, t: clf_args(ws, t, *resumed_clf(ws, t), "--pooling=mean"), "the checkpoint's head.pooling differs from the config's (checkpoint != config): 'last' != 'mean'"),
+    ("clf-resume-other-max-length", "train", lambda ws, t: clf_args(ws, t, *resumed_clf(ws, t), "--max_length=8"), "the checkpoint's max_length differs from the config's (checkpoint != config): 16 != 8"),
+    ("clf-resume-other-truncate", "train", lambda ws, t: clf_args(ws, t, *resumed_clf(ws, t), "--truncate=tail"), "the checkpoint's truncate differs from the config's (checkpoint != config): 'head' != 'tail'"),
+    ("run-folder-in-use", "train", lambda ws, t: lm_args(ws, t, f"--out_dir={locked(t / 'busy')}"), "busy is in use by another training run (pid "),
+    ("meta-deleted", "train", lambda ws, t: broken_data(ws, t, lambda d: (d / "meta.json").unlink()), "no meta.json, but it holds a minigpt preparation (train_000000.bin, val_000000.bin)"),
+    ("meta-shard-outside", "train", lambda ws, t: broken_data(ws, t, lambda d: meta_shard(d, file="../../x.bin")), "splits.train.shards[0]: file '../../x.bin' is not a plain file name"),
+    ("meta-shard-tokens-text", "train", lambda ws, t: broken_data(ws, t, lambda d: meta_shard(d, tokens="many")), "splits.train.shards[0] must be an object with a 'file' name and a whole number of 'tokens'"),
+    ("meta-not-an-object", "train", lambda ws, t: broken_data(ws, t, lambda d: (d / "meta.json").write_text("[1]")), "meta.json: not a JSON object"),
+    ("shard-edited-verify", "train", lambda ws, t: [*broken_data(ws, t, lambda d: swap_tokens(d / "train_000000.bin")), "--verify_data"], "train_000000.bin: its sha256 differs from the one meta.json lists"),
     # --- second sweep (issue 23): corpus preparation (python -m minigpt.data)
+    ("data-gzip-damaged", "data", lambda ws, t: ["--input", str(damaged_gzip(t)), "--out", str(t / "o")], "d.jsonl.gz: not a readable gzip file ("),
+    ("data-parquet-damaged-page", "data", lambda ws, t: ["--input", str(damaged_parquet(t)), "--out", str(t / "o")], "d.parquet: row group 2: not a readable parquet file (Corrupt snappy"),
+    ("data-val-tokens-empty", "data", lambda ws, t: ["--input", str(ws / "empty.txt"), "--out", str(t / "o"), "--val_tokens", "10"], "empty.txt: the corpus is empty"),
+    ("data-seed-negative", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--seed", "-1"], "--seed must be in [0, 2**64), got -1"),
+    ("data-seed-2-to-64", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--seed", str(2**64)], "--seed must be in [0, 2**64), got 18446744073709551616"),
+    ("data-input-glob-is-output", "data", lambda ws, t: ["--input", f"{copy(ws, 'char', t)}/*", "--out", str(t / "char"), "--overwrite"], "is a file that preparing into"),
+    ("data-journal-damaged", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(write(t / "o" / ".prepare.json", "[]").parent)], ".prepare.json: the journal of an interrupted preparation is damaged"),
     # --- second sweep (issue 23): sampling, Hugging Face folders, tokenizers
+    ("sample-tokenizer-larger", "sample", lambda ws, t: ["--ckpt", str(hf_folder(t, "v97", vocab_size=97))], "the tokenizer (gpt2) has 50,257 tokens but the model's vocabulary has 97"),
+    ("sample-nan-weights", "sample", lambda ws, t: ["--ckpt", str(hf_folder(t, "nan", nan=True))], "hold NaN or infinite values"),
+    ("sample-tokenizer-fingerprint", "sample", lambda ws, t: ["--ckpt", str(damaged_checkpoint(ws, t, set_key("tokenizer", {"kind": "hf", "tokenizer_json": "{}", "sha256": "0" * 64})))], "does not match its sha256 fingerprint"),
+    ("sample-num-samples-huge", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--prompt", "a", "--num_samples", str(10 ** 12)], "num_samples 1,000,000,000,000 (the batch) needs at least"),
+    ("sample-seed-2-64", "sample", lambda ws, t: ["--ckpt", str(ws / "lm"), "--seed", str(2 ** 64)], "--seed must be in [0, 2**64), got 18446744073709551616"),
+    ("hf-config-not-object", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, weights=lambda f: (f / "config.json").write_text("[1]")))], "config.json: not a JSON object"),
+    ("hf-config-bool-as-string", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(scale_attn_weights="false")))], "config 'scale_attn_weights' must be true or false, got 'false'"),
+    ("hf-config-activation-list", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(activation_function=["gelu"])))], "config 'activation_function' must be a string"),
+    ("hf-config-eps-string", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(layer_norm_epsilon="1e-5")))], "config 'layer_norm_epsilon' must be a finite number, got '1e-5'"),
+    ("hf-rope-scaling-string", "sample", lambda ws, t: ["--ckpt", str(llama_variant(ws, t, rope_scaling="linear"))], "config 'rope_scaling' must be an object (or null), got 'linear'"),
+    ("hf-rope-theta-string", "sample", lambda ws, t: ["--ckpt", str(llama_variant(ws, t, rope_theta="fast"))], "config 'rope_theta' must be a finite number, got 'fast'"),
+    ("hf-config-huge-positions", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(n_positions=10 ** 12)))], "backbone.wpe.weight has shape (16, 8), the model expects (1000000000000, 8)"),
+    ("hf-config-huge-layers", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(n_layer=10 ** 9)))], "config has 1,000,000,000 layers (n_layer / num_hidden_layers) but the weights hold 1 blocks"),
+    ("hf-index-shard-not-a-name", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, weights=index_shard_number))], "weight_map names the shard of 'wte' as 5"),
+    ("data-tokenizer-config-not-json", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--tokenizer", str(tokenizer_folder(t, '{"eos_token": '))], "tokenizer_config.json is not valid JSON"),
+    ("data-tokenizer-config-not-utf8", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--tokenizer", str(tokenizer_folder(t, b'{"eos_token": "caf\xe9"}'))], "tokenizer_config.json: not UTF-8 text"),
+    ("data-tokenizer-config-eos-int", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--tokenizer", str(tokenizer_folder(t, '{"eos_token": 2}'))], "tokenizer_config.json: eos_token must be the token's text (a string, or an object with a string 'content'), got 2"),
 ]
 
 

@@ -93,6 +93,20 @@ def test_gpt2_shards_equal_whole_document_encoding(tmp_path, monkeypatch):
     assert meta["splits"]["train"]["documents"] == meta["splits"]["val"]["documents"] == 1
 
 
+def test_units_cut_near_blank_lines_still_encode_as_the_whole_text(tmp_path, monkeypatch):
+    """A speech follows a blank line ("mine.\n\nMARCIUS:"): GPT-2 splits "\n\n" before a letter in two,
+    but a piece ending in "\n\n" keeps it as one token. Units end only at a lone newline, so the
+    shards hold the whole text's ids however small the units."""
+    text = SHAKESPEARE[:60_000]
+    monkeypatch.setattr(sources, "UNIT_BYTES", 1500)
+    out = tmp_path / "out"
+    prepare_corpus(write(tmp_path / "in.txt", text), out, "gpt2", progress=False)
+    tok = GPT2Tokenizer()
+    cut = corpus.line_cut(sources.Source(tmp_path / "in.txt", "in.txt", "txt", len(text.encode())), 0.1)
+    assert split_ids(out, "train").tolist() == [tok.eot_token] + tok.encode(text[:cut])
+    assert split_ids(out, "val").tolist() == [tok.eot_token] + tok.encode(text[cut:])
+
+
 def test_folder_is_split_by_document(tmp_path):
     for i in range(10):
         write(tmp_path / "books" / f"book{i}.txt", f"book {i} " * 200)

@@ -166,7 +166,7 @@ def test_a_batch_that_cannot_fit_is_one_line_naming_num_samples(monkeypatch):
     model = tiny()
     with pytest.raises(MiniGPTError, match="num_samples 1,000,000,000,000 \\(the batch\\) needs at least"):
         check_batch_fits(model, 10 ** 12, 2, 100)
-    monkeypatch.setattr(gen, "device_memory", lambda device: 1000)  # generation asks before it allocates
+    monkeypatch.setattr(gen, "total_memory", lambda device: 1000)  # generation asks before it allocates
     with pytest.raises(MiniGPTError, match="num_samples 3 \\(the batch\\) needs at least 0.0 GiB .* the cpu has 0.0 GiB"):
         next(stream(model, [[1]] * 3, 5, seed=0))
     monkeypatch.undo()

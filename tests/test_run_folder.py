@@ -12,6 +12,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,16 +123,37 @@ def test_a_second_training_into_a_held_folder_is_refused(char_data, tmp_path, ca
     assert files(out) == {}
 
 
+GATED_TRAIN = """
+import pathlib, runpy, sys, time
+from minigpt.train import loop
+gate = pathlib.Path(sys.argv.pop(1))
+original = loop.Run.start
+def gated_start(self):                     # holding the folder, wait for the test's go before training
+    while not gate.exists():
+        time.sleep(0.02)
+    original(self)
+loop.Run.start = gated_start
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
 def test_two_trainings_started_at_once_one_runs_and_matches_a_lone_run(char_data, tmp_path):
     """Two train.py processes into one out_dir: exactly one trains, the other exits with the lock error,
-    and the survivor's files are those of a lone run (checkpoints byte for byte; metrics but timing)."""
-    out = tmp_path / "run"
-    args = [sys.executable, str(REPO / "train.py"), *train_args(char_data, out, "--max_iters=30", "--eval_interval=10")]
-    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    and the survivor's files are those of a lone run (checkpoints byte for byte; metrics but timing).
+    The one that takes the folder first waits before its first step until the other has ended, so the
+    two overlap whatever the machine's load."""
+    out, gate = tmp_path / "run", tmp_path / "go"
+    args = train_args(char_data, out, "--max_iters=30", "--eval_interval=10")
+    procs = [subprocess.Popen([sys.executable, "-c", GATED_TRAIN, str(gate), *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    first_done = None
+    while first_done is None:
+        first_done = next((p for p in procs if p.poll() is not None), None)
+        time.sleep(0.05)
+    gate.touch()
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 2], results
+    assert sorted(code for code, _ in results) == [0, 2] and first_done.returncode == 2, results
     loser = next(err for code, err in results if code == 2).strip().splitlines()
     assert len(loser) == 1 and "is in use by another training run (pid " in loser[0], loser
     together = files(out)
@@ -139,7 +161,8 @@ def test_two_trainings_started_at_once_one_runs_and_matches_a_lone_run(char_data
                               for line in (folder / "metrics.jsonl").read_text().splitlines()]
     together_metrics = metrics(out)
     os.rename(out, tmp_path / "together")
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     alone = files(out)
     assert {k: v for k, v in together.items() if k != "metrics.jsonl"} == \
@@ -191,6 +214,7 @@ def test_ctrl_c_during_start_up_is_one_line(char_data, tmp_path, capsys, monkeyp
     monkeypatch.setattr("minigpt.train.pretrain.pretrain_task", interrupted)
     code, err = cli(capsys, train_args(char_data, tmp_path / "run"))
     assert code == 130 and err.strip() == "interrupted before the first checkpoint; nothing was saved"
+    assert not (tmp_path / "run").exists()  # the folder it made for the run (and its lock) is gone again
 
 
 def test_a_failed_allocation_is_one_error_naming_what_was_sized():

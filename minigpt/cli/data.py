@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..checkpoint import output_dir
 from ..data.corpus import prepare_corpus
@@ -18,8 +19,10 @@ EPILOG = """examples:
   python -m minigpt.data --input 'fineweb/sample/10BT/*.parquet' --tokenizer gpt2 --val_tokens 10000000 --out data/fineweb
   python -m minigpt.data --input openwebtext.jsonl.gz --text_field text --tokenizer gpt2 --out data/owt
 
-Run again after an interruption (Ctrl-C, a crash, SIGKILL) with the same command: it continues where
-it stopped and ends with the same files as an uninterrupted run."""
+Run again after an interruption (Ctrl-C, a crash, SIGKILL, a full disk) with the same command: it
+continues where it stopped and ends with the same files as an uninterrupted run. --overwrite leaves the
+data already in --out as it is until the new preparation has finished; one preparation at a time holds
+--out."""
 
 
 def tokens(text: str) -> int:
@@ -56,7 +59,7 @@ def parser() -> ArgumentParser:
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of the documents held out for "
                        "validation (default 0.1)")
     split.add_argument("--val_tokens", type=tokens, help="hold out about this many tokens instead, e.g. 10M")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw of documents")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw of documents (0 to 2**64 - 1)")
     p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: every core)")
     p.add_argument("--shard_tokens", type=tokens, default=100_000_000, help="tokens per shard (default 100M)")
@@ -64,7 +67,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--char_unknown", metavar="CHAR",
                    help="char tokenizer: add this character (e.g. U+FFFD, $'\\ufffd' in bash) to stand for "
                         "any character outside the vocabulary when the model later reads other text")
-    p.add_argument("--overwrite", action="store_true", help="replace data already prepared in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace data already prepared in --out (kept until the "
+                   "new preparation has finished)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -76,12 +80,18 @@ def main(argv: list[str]) -> int:
         p.error("--char_unknown takes one character, with --tokenizer char")
     if args.workers < 1:
         raise MiniGPTError(f"--workers must be at least 1, got {args.workers}")
-    output_dir(args.out, "--out")
-    docs = training_documents(args.texts_of) if args.texts_of else None
-    meta = prepare_corpus(args.input or [], args.out, args.tokenizer, args.val_fraction, args.char_vocab_from, args.seed,
-                          progress=not args.no_progress, char_unknown=args.char_unknown, documents=docs,
-                          workers=args.workers, shard_tokens=args.shard_tokens, text_field=args.text_field,
-                          val_tokens=args.val_tokens, overwrite=args.overwrite)
+    if not 0 <= args.seed < 2**64:
+        raise MiniGPTError(f"--seed must be in [0, 2**64), got {args.seed}")
+    try:
+        output_dir(args.out, "--out")
+        docs = training_documents(args.texts_of) if args.texts_of else None
+        meta = prepare_corpus(args.input or [], args.out, args.tokenizer, args.val_fraction, args.char_vocab_from,
+                              args.seed, progress=not args.no_progress, char_unknown=args.char_unknown, documents=docs,
+                              workers=args.workers, shard_tokens=args.shard_tokens, text_field=args.text_field,
+                              val_tokens=args.val_tokens, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # what is finished is on disk, and the journal says how far
+        print(f"interrupted: preparing {args.out} stopped; run the same command again to continue", file=sys.stderr)
+        return 130
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     read = sum(s["bytes"] for s in meta["splits"].values())
     print(f"{args.out}: {train['tokens']:,} train tokens in {len(train['shards'])} shard(s), {val['tokens']:,} val "

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
         raise MiniGPTError(f"--stream shows one sample as it is written; for --num_samples {args.num_samples} "
                            f"leave it off (the samples are printed one after another at the end)")
     if not 0 <= args.seed < 2 ** 64:  # what a torch generator holds
-        raise MiniGPTError(f"--seed must be at least 0 and below 2**64, got {args.seed}")
+        raise MiniGPTError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.compile and not args.static_cache:
         raise MiniGPTError("--compile compiles the static cache's decode step: add --static_cache")
 

@@ -15,23 +15,39 @@ writes fixed-size shards in llm.c's layout (``shards.py``) with a ``meta.json`` 
   (GPT-2's ``<|endoftext|>``, as in llm.c's FineWeb shards), so a window may start at a document
   (``bos_aligned`` in the loader).
 - **Resumable.** A journal (``.prepare.json``) records, every few tens of megabytes and at each
-  finished shard, how far the output is complete; run again after an interruption (even SIGKILL),
-  preparation continues from there and ends byte-identical to an uninterrupted run.
+  finished shard, how far the output is complete, with each finished shard's size and sha256; run
+  again after an interruption (even SIGKILL), preparation checks those shards and continues from
+  there, ending byte-identical to an uninterrupted run. A shard deleted or changed in between is an
+  error naming it (its tokens cannot be recovered without starting afresh).
+- **Safe to overwrite.** One preparation at a time holds the output folder (``locks.hold_lock``).
+  ``overwrite`` over data already there prepares into ``.staging/`` inside the folder and moves the
+  new files in only once they are complete, so a preparation that fails leaves the old data as it
+  was; run the same command again to continue it (a staging folder of other input or options is
+  discarded). A move that was interrupted is finished by the next run into the folder.
 
 The command line is ``python -m minigpt.data`` (``minigpt/cli/data.py``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import re
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -41,7 +57,9 @@ from tqdm import tqdm
 
 from ..checkpoint import output_dir, read_json, remove_stale_temporaries, write_json
 from ..errors import MiniGPTError, MiniGPTWarning
-from .shards import ShardWriter, token_dtype
+from ..locks import LOCK_FILE, hold_lock
+from . import sources as sources_module
+from .shards import ShardChanged, ShardWriter, token_dtype, write_failed
 from .sources import (Source, Unit, find_sources, gzip_units, line_number, parquet_file, parquet_units, plain_units,
                       unit_records, unit_text)
 from .tokenizers import (CharTokenizer, Tokenizer, UnknownCharacter, build_tokenizer, document_start,
@@ -51,6 +69,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "minigpt-shards-1"
 JOURNAL = ".prepare.json"
+STAGING = ".staging"  # where --overwrite prepares beside the data it replaces
 JOURNAL_EVERY = 64 << 20  # input bytes between journal entries (and at every finished shard)
 SPLITS = ("train", "val")
 GZIP_RATIO = 4  # about how many bytes of JSONL a byte of gzip holds (for estimates only)
@@ -160,9 +179,21 @@ def memory_units(documents: list[tuple[str, str]]) -> tuple[Source, list[Unit]]:
 _worker: dict = {}  # the plan and tokenizer of this worker process (set by _init)
 
 
-def _init(plan: Plan, tokenizer_meta: dict | None) -> None:
+def _init(plan: Plan, tokenizer_meta: dict | None, in_worker: bool = False) -> None:
     _worker["plan"] = plan
     _worker["tok"] = tokenizer_from_meta(tokenizer_meta) if tokenizer_meta else None
+    if in_worker:
+        # Ctrl-C reaches every process of the terminal's group: the parent alone handles it (and stops
+        # the workers), so a worker prints no traceback of its own
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        parent = multiprocessing.parent_process()
+        if parent is not None:  # a parent killed outright (SIGKILL) leaves no worker behind
+            threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready when the parent process is gone
+    os._exit(1)
 
 
 def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str, str, bool, object]]:
@@ -170,9 +201,9 @@ def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str,
     the file and line of a character in the text."""
     source = plan.sources[unit.source]
     if split is not None:  # a stretch of a text file
-        text = unit_text(source, unit)
+        text, begin = unit_text(source, unit)
         yield split, text, unit.document_start, \
-            lambda pos: f"{source.path}:{line_number(source.path, unit.start + len(text[:pos].encode()))}"
+            lambda pos: f"{source.path}:{line_number(source.path, begin + len(text[:pos].encode()))}"
         return
     for key, text, where in unit_records(source, unit, plan.text_field):
         yield ("val" if draw(plan.seed, key) < plan.val_probability else "train"), text, True, lambda pos, w=where: w()
@@ -216,23 +247,44 @@ def _characters(job: tuple[Unit, str | None]) -> dict:
 
 
 class Workers:
-    """``fn`` over jobs in order, by ``n`` processes (or this one when n = 1), at most 2n jobs in flight."""
+    """``fn`` over jobs in order, by ``n`` processes (or this one when n = 1), at most 2n jobs in flight.
+
+    The processes start from a fork server (or are spawned where there is none), never forked from
+    this process: a fork of a process that has used pyarrow's threads can hang. They ignore Ctrl-C,
+    which this process turns into KeyboardInterrupt, and exit when it dies. An error in a worker
+    comes back as its job's result; a worker that dies (killed, out of memory) is a ``MiniGPTError``,
+    never a wait without end.
+    """
 
     def __init__(self, n: int, plan: Plan, tokenizer_meta: dict | None):
         self.n, self.plan, self.tokenizer_meta = n, plan, tokenizer_meta
-        self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> "Workers":
         _init(self.plan, self.tokenizer_meta)
         if self.n > 1:
-            method = "fork" if sys.platform.startswith("linux") else "spawn"  # workers never touch torch
-            self.pool = multiprocessing.get_context(method).Pool(self.n, _init, (self.plan, self.tokenizer_meta))
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload([__name__])  # imported once by the server, not by each worker
+            try:
+                with _sigint_blocked():  # the fork server and the workers start with Ctrl-C held off
+                    self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_init,
+                                                    initargs=(self.plan, self.tokenizer_meta, True))
+                    self.pool.submit(int).result()  # the first job starts the fork server, and a worker
+            except BaseException:
+                self.__exit__(*sys.exc_info())
+                raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+        if self.pool is None:
+            return
+        if exc[0] is not None:  # an error or Ctrl-C: stop now rather than after the jobs already queued
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
 
     def map(self, fn, jobs) -> Iterator[tuple[object, dict]]:
         """(job, result) in job order."""
@@ -242,13 +294,35 @@ class Workers:
             return
         pending: deque = deque()
         for job in jobs:
-            pending.append((job, self.pool.apply_async(fn, (job,))))
+            pending.append((job, self.pool.submit(fn, job)))
             if len(pending) >= 2 * self.n:
-                done_job, result = pending.popleft()
-                yield done_job, _checked(result.get())
+                done_job, future = pending.popleft()
+                yield done_job, _checked(_result(future))
         while pending:
-            done_job, result = pending.popleft()
-            yield done_job, _checked(result.get())
+            done_job, future = pending.popleft()
+            yield done_job, _checked(_result(future))
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held off in this thread for the duration (processes started meanwhile inherit the mask);
+    one that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _result(future) -> dict:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise MiniGPTError("a worker process died (killed, or out of memory?); run the same command again to "
+                           "continue, with fewer --workers if it happens again") from None
 
 
 def _checked(result: dict) -> dict:
@@ -277,18 +351,24 @@ def prepare_corpus(
     overwrite: bool = False,
 ) -> dict:
     """Tokenise a corpus into ``out_dir``: ``train_*.bin`` / ``val_*.bin`` shards and ``meta.json``,
-    which it returns. See the module docstring for the split, the order and resuming.
+    which it returns. See the module docstring for the split, the order, resuming and ``overwrite``.
 
     tokenizer: "char" (vocabulary from the corpus, or from ``char_vocab_from``, a meta.json whose
-    vocabulary must then cover every character) or "gpt2". ``char_unknown``: a character added to a
-    vocabulary built from the corpus to stand, later, for any character the corpus lacks.
-    ``documents``: (name, text) documents to use instead of reading ``inputs`` (then only a label).
+    vocabulary must then cover every character), "gpt2", or the path of a Hugging Face folder or
+    tokenizer.json. ``char_unknown``: a character added to a vocabulary built from the corpus to
+    stand, later, for any character the corpus lacks. ``documents``: (name, text) documents to use
+    instead of reading ``inputs`` (then only a label). One preparation at a time holds ``out_dir``;
+    a second one is a ``MiniGPTError`` naming the first one's pid.
     """
     started = time.perf_counter()
     if not 0 < val_fraction < 1:
         raise MiniGPTError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if shard_tokens < 1 or workers < 1:
         raise MiniGPTError(f"shard_tokens and workers must be at least 1, got {shard_tokens} and {workers}")
+    if not 0 <= seed < 2**64:
+        raise MiniGPTError(f"seed must be in [0, 2**64), got {seed}")
+    if val_tokens is not None and val_tokens < 1:
+        raise MiniGPTError(f"val_tokens must be at least 1, got {val_tokens}")
     if documents is not None:
         source, memory = memory_units(documents)
         sources = [source]
@@ -296,6 +376,8 @@ def prepare_corpus(
         sources = find_sources([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
         memory = None
     out = output_dir(out_dir, "--out")
+    if memory is None:
+        _refuse_outputs_as_inputs(out, sources)
     fingerprint = {
         "inputs": [[str(s.path), s.name, s.kind, s.size] + ([s.path.stat().st_mtime_ns] if memory is None else [])
                    for s in sources],
@@ -303,67 +385,89 @@ def prepare_corpus(
         "tokenizer": tokenizer, "char_vocab_from": str(char_vocab_from) if char_vocab_from else None,
         "char_unknown": char_unknown, "val_fraction": val_fraction, "val_tokens": val_tokens, "seed": seed,
         "shard_tokens": shard_tokens, "text_field": text_field,
+        "unit_bytes": sources_module.UNIT_BYTES,  # where units are cut: the journal counts them
     }
-    journal = _open_journal(out, fingerprint, overwrite)
 
+    # What can be checked before the folder is touched: the tokenizer, the estimate of --val_tokens
+    given_tokenizer = _given_tokenizer(tokenizer, char_vocab_from)  # None: the corpus's characters, collected below
     single = len(sources) == 1 and sources[0].kind == "txt" and memory is None
     if val_tokens is not None:
-        val_fraction = _fraction_for(val_tokens, sources, memory, text_field, tokenizer, seed)
+        val_fraction = _fraction_for(val_tokens, sources, memory, text_field, given_tokenizer, seed)
     plan = Plan(sources, seed, val_fraction, {} if single else split_files(sources, val_fraction, seed), text_field)
     cut = line_cut(sources[0], val_fraction) if single else None
     jobs = (lambda: ((u, None) for u in memory)) if memory is not None else (lambda: units(plan, cut))
     total_bytes = sum(s.size * (GZIP_RATIO if s.kind == "jsonl.gz" else 1) for s in sources)  # for the progress bar
 
-    tok_meta = journal.get("tokenizer")
-    if tok_meta is None:
-        if tokenizer == "char" and char_vocab_from is not None:
-            tok_meta = read_json(char_vocab_from, "--char_vocab_from file").get("tokenizer")
-            if not isinstance(tok_meta, dict) or tok_meta.get("kind") != "char":
-                raise MiniGPTError(f"{char_vocab_from}: has no character vocabulary (its tokenizer is not 'char')")
-        elif tokenizer == "char":
+    with hold_lock(out, "data preparation"):
+        done = _complete_replacement(out, fingerprint)
+        if done is not None:
+            return {**done, "elapsed_s": time.perf_counter() - started}
+        folder, journal = _open_target(out, fingerprint, overwrite)
+
+        tok_meta = journal.get("tokenizer") or given_tokenizer
+        if tok_meta is None:
             tok_meta = _vocabulary(plan, jobs, workers, char_unknown, progress, total_bytes)
-        else:
-            tok_meta = build_tokenizer(tokenizer).to_meta()
         journal["tokenizer"] = tok_meta
-    tok = tokenizer_from_meta(tok_meta)
-    dtype = token_dtype(tok.vocab_size)
+        tok = tokenizer_from_meta(tok_meta)
+        dtype = token_dtype(tok.vocab_size)
 
-    progress_state = journal.setdefault("splits", {name: {"done": [], "partial_tokens": 0, "documents": 0, "bytes": 0,
-                                                          "nonblank": 0} for name in SPLITS})
-    writers = {name: ShardWriter(out, name, dtype, shard_tokens, progress_state[name]["done"],
-                                 progress_state[name]["partial_tokens"]) for name in SPLITS}
-    counts = {name: {k: progress_state[name][k] for k in ("documents", "bytes", "nonblank")} for name in SPLITS}
-    next_unit, read_bytes = journal.get("next_unit", 0), journal.get("input_bytes", 0)
+        def open_writers() -> dict[str, ShardWriter]:  # (each checks the shards the journal lists)
+            state = journal.setdefault("splits", {name: {"done": [], "partial_tokens": 0, "documents": 0, "bytes": 0,
+                                                         "nonblank": 0} for name in SPLITS})
+            return {name: ShardWriter(folder, name, dtype, shard_tokens, state[name]["done"],
+                                      state[name]["partial_tokens"], state[name].get("partial_sha256"))
+                    for name in SPLITS}
 
-    def save_journal(unit_index: int) -> None:
-        for name, w in writers.items():
-            w.sync()
-            progress_state[name] = {"done": list(w.done), "partial_tokens": w.count, **counts[name]}
-        journal.update(next_unit=unit_index, input_bytes=read_bytes)
-        write_json(out / JOURNAL, journal)
+        try:
+            writers = open_writers()
+        except ShardChanged as err:
+            if folder == out:
+                raise
+            # a staging folder is this command's alone: one that no longer matches its journal starts again
+            log.info(f"{err.path}: {err.what} since the staged preparation recorded it; starting that afresh")
+            _remove(folder)
+            folder.mkdir()
+            journal = {"fingerprint": fingerprint, "tokenizer": tok_meta}
+            writers = open_writers()
+        progress_state = journal["splits"]
+        counts = {name: {k: progress_state[name][k] for k in ("documents", "bytes", "nonblank")} for name in SPLITS}
+        next_unit, read_bytes = journal.get("next_unit", 0), journal.get("input_bytes", 0)
 
-    bar = tqdm(total=total_bytes, initial=read_bytes, desc="tokenize", unit="B", unit_scale=True, file=sys.stderr,
-               disable=None if progress else True, dynamic_ncols=True)
-    since_journal, shards_before = 0, sum(len(w.done) for w in writers.values())
-    with bar, Workers(workers, plan, tok_meta) as pool:
-        todo = (job for job in jobs() if job[0].index >= next_unit)
-        for (unit, _), result in pool.map(_tokenize, todo):
-            for name in SPLITS:
-                writers[name].write(result[name]["ids"])
-                for key in ("documents", "bytes", "nonblank"):
-                    counts[name][key] += result[name][key]
-            size = _unit_bytes(unit, sources)
-            read_bytes, since_journal = read_bytes + size, since_journal + size
-            bar.update(size)
-            written = writers["train"].tokens + writers["val"].tokens
-            bar.set_postfix(tokens=f"{written:,}", tok_s=f"{written / max(time.perf_counter() - started, 1e-9):,.0f}")
-            finished = sum(len(w.done) for w in writers.values())
-            if since_journal >= JOURNAL_EVERY or finished != shards_before:
-                save_journal(unit.index + 1)
-                since_journal, shards_before = 0, finished
-    shards = {name: w.close() for name, w in writers.items()}
-    return _finish(out, shards, counts, tok, dtype, sources, memory is not None, plan, val_fraction, val_tokens,
-                   seed, shard_tokens, text_field, started)
+        def save_journal(unit_index: int) -> None:
+            for name, w in writers.items():
+                w.sync()
+                progress_state[name] = {"done": list(w.done), "partial_tokens": w.count,
+                                        "partial_sha256": w.partial_sha256, **counts[name]}
+            journal.update(next_unit=unit_index, input_bytes=read_bytes)
+            _write_json(folder / JOURNAL, journal)
+
+        save_journal(next_unit)  # from here on, whatever happens, the same command continues
+        bar = tqdm(total=total_bytes, initial=read_bytes, desc="tokenize", unit="B", unit_scale=True, file=sys.stderr,
+                   disable=None if progress else True, dynamic_ncols=True)
+        since_journal, shards_before = 0, sum(len(w.done) for w in writers.values())
+        with bar, Workers(workers, plan, tok_meta) as pool:
+            todo = (job for job in jobs() if job[0].index >= next_unit)
+            for (unit, _), result in pool.map(_tokenize, todo):
+                for name in SPLITS:
+                    writers[name].write(result[name]["ids"])
+                    for key in ("documents", "bytes", "nonblank"):
+                        counts[name][key] += result[name][key]
+                size = _unit_bytes(unit, sources)
+                read_bytes, since_journal = read_bytes + size, since_journal + size
+                bar.update(size)
+                written = writers["train"].tokens + writers["val"].tokens
+                bar.set_postfix(tokens=f"{written:,}",
+                                tok_s=f"{written / max(time.perf_counter() - started, 1e-9):,.0f}")
+                finished = sum(len(w.done) for w in writers.values())
+                if since_journal >= JOURNAL_EVERY or finished != shards_before:
+                    save_journal(unit.index + 1)
+                    since_journal, shards_before = 0, finished
+        shards = {name: w.close() for name, w in writers.items()}
+        meta = _finish(folder, shards, counts, tok, dtype, sources, memory is not None, plan, val_fraction, val_tokens,
+                       seed, shard_tokens, text_field, keep_journal=folder != out)
+        if folder != out:
+            _replace(out, folder)
+    return {**meta, "elapsed_s": time.perf_counter() - started}
 
 
 def _unit_bytes(unit: Unit, sources: list[Source]) -> int:
@@ -376,36 +480,198 @@ def _unit_bytes(unit: Unit, sources: list[Source]) -> int:
     return unit.end - unit.start
 
 
-def _open_journal(out: Path, fingerprint: dict, overwrite: bool) -> dict:
-    """The journal of an unfinished preparation of the same input into ``out`` (to continue), or a
-    new one; a finished preparation is replaced only with ``overwrite``."""
-    ours = [*out.glob("train_*.bin"), *out.glob("val_*.bin"), *out.glob(".*.partial"), out / "train.bin",
-            out / "val.bin", out / "meta.json", out / JOURNAL]
-    journal_path = out / JOURNAL
+def _given_tokenizer(tokenizer: str, char_vocab_from: str | Path | None) -> dict | None:
+    """The tokenizer's metadata when it does not depend on the corpus (None: the char tokenizer of
+    the corpus's characters)."""
+    if tokenizer == "char" and char_vocab_from is not None:
+        meta = read_json(char_vocab_from, "--char_vocab_from file").get("tokenizer")
+        if not isinstance(meta, dict) or meta.get("kind") != "char":
+            raise MiniGPTError(f"{char_vocab_from}: has no character vocabulary (its tokenizer is not 'char')")
+        return meta
+    if tokenizer == "char":
+        return None
+    return build_tokenizer(tokenizer).to_meta()
+
+
+# ----------------------------------------------------------------------------- the output folder
+# A preparation writes into --out itself, or with --overwrite over data already there into
+# --out/.staging, whose files replace the old ones only once the new preparation has finished.
+
+DATA_FILES = ("meta.json", JOURNAL, "train_*.bin", "val_*.bin", ".train_*.bin.partial", ".val_*.bin.partial",
+              "train.bin", "val.bin")  # what a preparation (or an earlier minigpt version) writes
+SHARD_NAME = re.compile(r"(train|val)_\d{6}\.bin")
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """The prepared data in ``folder``: finished or not, of this version or an earlier one."""
+    return sorted({p for pattern in DATA_FILES for p in folder.glob(pattern) if p.is_file()})
+
+
+def _refuse_outputs_as_inputs(out: Path, sources: list[Source]) -> None:
+    """An input that is one of the files preparing into ``out`` writes or replaces (a glob such as
+    'DIR/*' with --out DIR) is an error before anything is read."""
+    out = out.resolve()
+    ours = DATA_FILES + (LOCK_FILE, ".meta.json.*.tmp", f"{JOURNAL}.*.tmp")
+    for source in sources:
+        path = source.path.resolve()
+        if (path.parent == out and any(fnmatch.fnmatch(path.name, pattern) for pattern in ours)) \
+                or out / STAGING in path.parents:
+            raise MiniGPTError(f"input {source.path} is a file that preparing into {out} writes; leave it out of "
+                               f"--input (does a glob match the output folder?), or use another --out")
+
+
+def _read_journal(folder: Path) -> dict | None:
+    """The journal in ``folder`` (None if there is none), checked to be whole."""
+    path = folder / JOURNAL
+    if not path.exists():
+        return None
+    journal = read_json(path, "journal")
+    try:
+        whole = isinstance(journal["fingerprint"], dict) and isinstance(journal["tokenizer"], dict) \
+            and isinstance(journal["next_unit"], int) and isinstance(journal["input_bytes"], int) \
+            and all(isinstance(journal["splits"][name]["partial_tokens"], int)
+                    and all(SHARD_NAME.fullmatch(e["file"]) and isinstance(e["tokens"], int)
+                            and isinstance(e["sha256"], str) for e in journal["splits"][name]["done"])
+                    for name in SPLITS)
+    except (KeyError, TypeError):
+        whole = False
+    if not whole:
+        raise MiniGPTError(f"{path}: the journal of an interrupted preparation is damaged; start afresh with "
+                           f"--overwrite")
+    return journal
+
+
+def _open_target(out: Path, fingerprint: dict, overwrite: bool) -> tuple[Path, dict]:
+    """The folder this preparation writes into, and its journal: the journal of an unfinished
+    preparation of the same input and options (to continue), or a new one.
+
+    With ``overwrite`` over data already in ``out``: ``out/.staging`` (an interrupted overwrite of the
+    same input continues there; another one is discarded). Otherwise ``out``, where an unfinished
+    preparation of other input, or finished data, is refused.
+    """
+    staging = out / STAGING
+    remove_stale_temporaries(out, ["meta.json", JOURNAL])
+    if overwrite and _data_files(out):
+        try:
+            journal = _read_journal(staging)
+        except MiniGPTError:
+            journal = None
+        if journal is not None and journal["fingerprint"] == fingerprint:
+            _continue(staging, journal)
+        else:
+            _remove(staging)
+            staging.mkdir()
+            journal = {"fingerprint": fingerprint}
+        remove_stale_temporaries(staging, ["meta.json", JOURNAL])
+        return staging, journal
     if overwrite:
-        for path in ours:
-            path.unlink(missing_ok=True)
-    elif journal_path.exists():
-        journal = read_json(journal_path)
-        if journal.get("fingerprint") != fingerprint:
+        _remove(staging)  # it was to replace data that is no longer there
+    journal = _read_journal(out)
+    if journal is not None:
+        if journal["fingerprint"] != fingerprint:
             raise MiniGPTError(f"{out} holds an unfinished preparation of other input or options; finish it with its "
                                f"own command, or start afresh with --overwrite")
-        _reconcile(out, journal)
-        log.info(f"{out}: continuing an interrupted preparation at unit {journal.get('next_unit', 0)}")
-        return journal
-    elif (out / "meta.json").exists() or any(p.exists() for p in ours):
-        raise MiniGPTError(f"{out} already holds prepared data (meta.json, shards); use another --out, or --overwrite")
-    remove_stale_temporaries(out, ["meta.json", JOURNAL])
-    return {"fingerprint": fingerprint}
+        _continue(out, journal)
+        return out, journal
+    if _data_files(out):
+        waiting = " (an interrupted --overwrite waits in its .staging folder: run that command again to finish " \
+                  "it)" if staging.exists() else ""
+        raise MiniGPTError(f"{out} already holds prepared data (meta.json, shards); use another --out, or "
+                           f"--overwrite{waiting}")
+    return out, {"fingerprint": fingerprint}
 
 
-def _reconcile(out: Path, journal: dict) -> None:
-    """A kill between a shard's rename and the next journal entry leaves it under its final name
-    while the journal still calls it partial: give it back its partial name (it is rewritten the same)."""
-    for name, state in journal.get("splits", {}).items():
-        current = f"{name}_{len(state['done']):06d}.bin"
-        if (out / current).exists() and not (out / f".{current}.partial").exists():
-            os.replace(out / current, out / f".{current}.partial")
+def _continue(folder: Path, journal: dict) -> None:
+    """Make ``folder`` what its journal says, to continue from there. A kill between a shard's rename
+    and the next journal entry leaves it under its final name while the journal still calls it
+    partial: it gets back its partial name (and is rewritten the same); any later shard is dropped
+    (it is written again). Whether the finished shards are still intact, ShardWriter checks."""
+    for name, state in journal["splits"].items():
+        current = len(state["done"])
+        for path in folder.glob(f"{name}_*.bin"):
+            index = path.name[len(name) + 1:-len(".bin")]
+            if not index.isdigit() or int(index) < current:
+                continue
+            partial = folder / f".{name}_{current:06d}.bin.partial"
+            if int(index) == current and not partial.exists():
+                os.replace(path, partial)
+            else:
+                path.unlink()
+    log.info(f"{folder}: continuing an interrupted preparation at unit {journal['next_unit']}")
+
+
+def _complete_replacement(out: Path, fingerprint: dict) -> dict | None:
+    """An --overwrite stopped while its new files were moving in (``.staging`` holds its meta.json):
+    finish the move, so that the folder holds one whole preparation again. Returns the meta.json when
+    that preparation was this one (nothing is left to do)."""
+    staging = out / STAGING
+    if not (staging / "meta.json").is_file():
+        return None
+    try:
+        journal = _read_journal(staging)
+    except MiniGPTError:
+        journal = None
+    log.info(f"{out}: finishing the replacement of its data by a preparation that an interrupted --overwrite ended")
+    _replace(out, staging)
+    return read_json(out / "meta.json") if journal is not None and journal["fingerprint"] == fingerprint else None
+
+
+def _replace(out: Path, staging: Path) -> None:
+    """The finished preparation in ``staging`` replaces the data in ``out``. In an order that makes an
+    interruption harmless: out's meta.json goes first (the folder no longer claims whole data), then
+    the old files that no new one replaces, then the new shards move in, and their meta.json last;
+    until then ``staging/meta.json`` is there for the next run to finish the move."""
+    meta = read_json(staging / "meta.json")
+    new = [entry["file"] for split in SPLITS for entry in meta["splits"][split]["shards"]]
+    if not all(SHARD_NAME.fullmatch(name) for name in new):
+        raise MiniGPTError(f"{staging / 'meta.json'}: damaged (shard names); start afresh with --overwrite")
+    (out / "meta.json").unlink(missing_ok=True)
+    for path in _data_files(out):
+        if path.name not in new:
+            path.unlink()
+    for name in new:
+        if (staging / name).exists():
+            os.replace(staging / name, out / name)
+        elif not (out / name).is_file():
+            raise MiniGPTError(f"{staging / name} is missing; start afresh with --overwrite")
+    _sync_folder(out)
+    (staging / JOURNAL).unlink(missing_ok=True)  # before meta.json: a run finding one without the other redoes it
+    os.replace(staging / "meta.json", out / "meta.json")
+    _sync_folder(out)
+    _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    """Delete a staging folder (or whatever took its name)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Put the folder's renames on disk (where the file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj) -> None:
+    """``write_json``, with a failed write (a full disk) as a one-line error; the file stays as it was."""
+    try:
+        write_json(path, obj)
+    except OSError as err:
+        raise write_failed(path, err) from None
+
+
+# ----------------------------------------------------------------------------- the passes
 
 
 def _vocabulary(plan: Plan, jobs, workers: int, unknown: str | None, progress: bool, total: int) -> dict:
@@ -421,27 +687,39 @@ def _vocabulary(plan: Plan, jobs, workers: int, unknown: str | None, progress: b
     return CharTokenizer.from_text("".join(sorted(chars)), unknown=unknown).to_meta()
 
 
-def _fraction_for(val_tokens: int, sources: list[Source], memory, text_field: str, tokenizer: str, seed: int) -> float:
+SAMPLE_BYTES = 1 << 20  # text read to estimate the tokens per byte of a corpus (from its first units)
+
+
+def _fraction_for(val_tokens: int, sources: list[Source], memory, text_field: str, tok_meta: dict | None,
+                  seed: int) -> float:
     """The val fraction that gives about ``val_tokens`` tokens: their share of the corpus's tokens,
-    estimated from its size and the tokens per byte of its first work unit."""
-    if val_tokens < 1:
-        raise MiniGPTError(f"val_tokens must be at least 1, got {val_tokens}")
+    estimated from its size and the tokens per byte of its first megabyte or so, counted with the
+    tokenizer the shards get (document-start tokens included), or in characters for a vocabulary
+    still to be collected from the corpus."""
     plan = Plan(sources, seed, 0.0, {i: "train" for i, s in enumerate(sources) if s.kind == "txt"}, text_field)
-    first = next(iter(((u, None) for u in memory) if memory is not None else units(plan, None)))
-    sample = "".join(text for _, text, _, _ in _documents(plan, *first))
-    if tokenizer == "gpt2":
-        per_byte = len(build_tokenizer("gpt2").encode(sample)) / max(1, len(sample.encode()))
-    else:
-        per_byte = len(sample) / max(1, len(sample.encode()))
-    estimate = per_byte * sum(s.size * (GZIP_RATIO if s.kind == "jsonl.gz" else 1) for s in sources)
+    tok = tokenizer_from_meta(tok_meta) if tok_meta is not None and tok_meta.get("kind") != "char" else None
+    lead = int(tok is not None and document_start(tok) is not None)
+    tokens = sample = 0  # tokens of the first units, and their bytes of input (JSON and all, as the total counts)
+    for job in ((u, None) for u in memory) if memory is not None else units(plan, None):
+        for _, text, starts, _ in _documents(plan, *job):
+            tokens += (len(tok.encode(text)) if tok is not None else len(text)) + lead * int(starts)
+        sample += _unit_bytes(job[0], sources)
+        if sample >= SAMPLE_BYTES:
+            break
+    if not tokens:
+        raise MiniGPTError(f"{sources[0].path if sources else 'the input'}: the corpus is empty; --val_tokens has "
+                           f"nothing to estimate its size from")
+    estimate = tokens / sample * sum(s.size * (GZIP_RATIO if s.kind == "jsonl.gz" else 1) for s in sources)
     if val_tokens >= estimate:
         raise MiniGPTError(f"val_tokens {val_tokens:,} is not below the corpus's estimated {estimate:,.0f} tokens")
     return val_tokens / estimate
 
 
-def _finish(out: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.dtype, sources: list[Source],
+def _finish(folder: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.dtype, sources: list[Source],
             from_memory: bool, plan: Plan, val_fraction: float, val_tokens: int | None, seed: int, shard_tokens: int,
-            text_field: str, started: float) -> dict:
+            text_field: str, keep_journal: bool) -> dict:
+    """Write meta.json into ``folder``. The journal goes, unless ``keep_journal`` (in a staging folder it
+    tells a later run which preparation this was, should the move into --out be interrupted)."""
     tokens = {name: sum(s["tokens"] for s in shards[name]) for name in SPLITS}
     if not counts["train"]["nonblank"] + counts["val"]["nonblank"]:
         raise MiniGPTError(f"{sources[0].path if sources else 'the input'}: the corpus is empty")
@@ -471,10 +749,10 @@ def _finish(out: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.dty
         "shard_tokens": shard_tokens,
         "text_field": text_field,
     }  # no timings or dates: the file is the same byte for byte however the run went
-    write_json(out / "meta.json", meta)
-    (out / JOURNAL).unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
-    return {**meta, "elapsed_s": elapsed}
+    _write_json(folder / "meta.json", meta)
+    if not keep_journal:
+        (folder / JOURNAL).unlink(missing_ok=True)
+    return meta
 
 
 def read_texts(inputs: str | Path | Sequence[str | Path], text_field: str = "text") -> Iterator[str]:

@@ -6,7 +6,9 @@ A ``.txt`` file is one document. Each line of a ``.jsonl`` / ``.jsonl.gz`` file 
 string under ``text_field``), and so is each row of a ``.parquet`` file (pyarrow, the optional
 ``minigpt[data]`` extra). A ``Unit`` is a byte range of one file (plain files), the decompressed
 lines themselves (gzip), or one row group (parquet); units are cut where tokenising the pieces
-separately gives exactly the ids of the whole, so their order alone fixes the output.
+separately gives exactly the ids of the whole, so their order alone fixes the output. A byte-order
+mark opening a text file is dropped (as ``utf-8-sig`` reads it); damaged gzip or parquet data is a
+``MiniGPTError`` naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import glob
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -24,6 +27,7 @@ from ..errors import MiniGPTError
 KINDS = {".txt": "txt", ".jsonl": "jsonl", ".jsonl.gz": "jsonl.gz", ".parquet": "parquet"}
 UNIT_BYTES = 1 << 22  # about 4 MB of input per work unit
 PARQUET_HINT = "reading .parquet files needs pyarrow: pip install 'minigpt[data]'"
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: dropped at the start of a text file, as utf-8-sig reads it
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,16 @@ class Unit:
 
 def safe_cut(block: bytes, kind: str) -> int:
     """Where in ``block`` (the bytes after a planned cut) a unit may end: after a newline. In text,
-    only a newline followed by a printable ASCII character, where GPT-2's pre-tokeniser always
-    splits, so the pieces encode to the ids of the whole. Returns -1 when the block has none."""
+    only a lone newline between two printable ASCII characters (as in "end.\nNext"), where GPT-2's
+    pre-tokeniser always splits, so the pieces encode to the ids of the whole. (After a longer run of
+    whitespace it does not: "\n\n" then a letter is two pre-tokens in the whole but one at the end
+    of a piece.) Returns -1 when the block has none."""
     at = 0
     while True:
         newline = block.find(b"\n", at)
         if newline < 0 or newline + 1 >= len(block):
             return -1
-        if kind != "txt" or 0x21 <= block[newline + 1] <= 0x7E:
+        if kind != "txt" or (newline > 0 and 0x21 <= block[newline - 1] <= 0x7E and 0x21 <= block[newline + 1] <= 0x7E):
             return newline + 1
         at = newline + 1
 
@@ -135,9 +141,9 @@ def plain_units(source: Source, source_index: int, first_index: int, begin: int 
 def gzip_units(source: Source, source_index: int, first_index: int, unit_bytes: int | None = None) -> Iterator[Unit]:
     """Whole decompressed lines of a .jsonl.gz file, about ``unit_bytes`` (default UNIT_BYTES) a unit."""
     unit_bytes = unit_bytes or UNIT_BYTES
+    line_no, index, lines, size, offset = 1, first_index, [], 0, 0
     try:
         with gzip.open(source.path, "rb") as f:
-            line_no, index, lines, size, offset = 1, first_index, [], 0, 0
             for line in f:
                 lines.append(line)
                 size += len(line)
@@ -146,8 +152,10 @@ def gzip_units(source: Source, source_index: int, first_index: int, unit_bytes: 
                     index, line_no, offset, lines, size = index + 1, line_no + len(lines), offset + size, [], 0
             if lines:
                 yield Unit(index, source_index, offset, offset + size, line_no, b"".join(lines))
-    except (OSError, EOFError) as err:
-        raise MiniGPTError(f"{source.path}: not a readable gzip file ({err})") from None
+    # damaged bytes: zlib.error (bad deflate data), BadGzipFile (an OSError: header, CRC), EOFError (cut short)
+    except (OSError, EOFError, zlib.error) as err:
+        where = f"; damaged after line {line_no + len(lines) - 1}" if line_no + len(lines) > 1 else ""
+        raise MiniGPTError(f"{source.path}: not a readable gzip file ({err}){where}") from None
 
 
 def parquet_file(path: Path):
@@ -176,16 +184,20 @@ def line_number(path: Path, offset: int) -> int:
         return f.read(offset).count(b"\n") + 1
 
 
-def unit_text(source: Source, unit: Unit) -> str:
-    """A text unit's characters; bytes that are not UTF-8 are an error naming the file and line."""
+def unit_text(source: Source, unit: Unit) -> tuple[str, int]:
+    """A text unit's characters and the byte of the file at which they begin; bytes that are not
+    UTF-8 are an error naming the file and line. A byte-order mark that opens the file is no text
+    (utf-8-sig drops it too): only the unit at byte 0 can hold one, so every run drops the same bytes."""
     with open(source.path, "rb") as f:
         f.seek(unit.start)
         data = f.read(unit.end - unit.start)
+    skip = len(BOM) if unit.start == 0 and data.startswith(BOM) else 0
     try:
-        return data.decode("utf-8")
+        return data[skip:].decode("utf-8"), unit.start + skip
     except UnicodeDecodeError as err:
-        line = line_number(source.path, unit.start + err.start)
-        raise MiniGPTError(f"{source.path}:{line}: not UTF-8 text (byte {unit.start + err.start}: {err.reason})") from None
+        line = line_number(source.path, unit.start + skip + err.start)
+        raise MiniGPTError(f"{source.path}:{line}: not UTF-8 text (byte {unit.start + skip + err.start}: "
+                           f"{err.reason})") from None
 
 
 def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[str, str, Callable[[], str]]]:
@@ -193,10 +205,15 @@ def unit_records(source: Source, unit: Unit, text_field: str) -> Iterator[tuple[
     position) is what the train/val split is drawn from; ``where()`` names the record in messages
     (for a plain file it counts lines, so it is only called when something is wrong)."""
     if source.kind == "parquet":
-        table = parquet_file(source.path).read_row_group(unit.start)
-        if text_field not in table.column_names:
-            raise MiniGPTError(f"{source.path}: no column {text_field!r} (--text_field); the columns are {table.column_names}")
-        for row, text in enumerate(table.column(text_field).to_pylist()):
+        file = parquet_file(source.path)
+        names = file.schema_arrow.names
+        if text_field not in names:
+            raise MiniGPTError(f"{source.path}: no column {text_field!r} (--text_field); the columns are {names}")
+        try:  # a damaged page raises OSError or ArrowInvalid (among others) only when its row group is read
+            texts = file.read_row_group(unit.start, columns=[text_field]).column(0).to_pylist()
+        except Exception as err:
+            raise MiniGPTError(f"{source.path}: row group {unit.start}: not a readable parquet file ({err})") from None
+        for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise MiniGPTError(f"{source.path}: row group {unit.start}, row {row}: {text_field!r} is "
                                    f"{type(text).__name__}, not text")

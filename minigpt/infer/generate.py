@@ -22,7 +22,6 @@ found without a host sync per token (see ``stream``).
 from __future__ import annotations
 
 import math
-import os
 import time
 import weakref
 from typing import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.padding import pad
 from ..data.tokenizers import StreamDecoder, Tokenizer
+from ..device import is_out_of_memory, total_memory
 from ..errors import MiniGPTError
 from ..model.layers import KVCache, StaticKVCache
 from ..model.model import GPT, positions_from_mask
@@ -166,19 +166,6 @@ class TextStream:
 # max_new_tokens costs memory only for the tokens actually generated.
 FIRST_BUFFER_TOKENS = 4096
 NONFINITE_CHECK_EVERY = 64  # steps between reads of the non-finite flag when nothing else is read
-MEMORY_ERRORS = ("out of memory", "not enough memory", "can't allocate memory")  # torch's words, by device
-
-
-def device_memory(device: torch.device) -> int | None:
-    """Bytes of memory on ``device`` (the host's RAM for the CPU), or None where it is not known."""
-    try:
-        if device.type == "cuda":
-            return torch.cuda.mem_get_info(device)[1]
-        if device.type == "cpu":
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        pass
-    return None
 
 
 def least_memory(model: GPT, batch_size: int, prompt_len: int, max_new_tokens: int, dtype: torch.dtype,
@@ -201,17 +188,12 @@ def check_batch_fits(model: GPT, batch_size: int, prompt_len: int, max_new_token
     """A ``MiniGPTError`` naming the batch size when even ``least_memory`` exceeds the device's memory
     (so a billion samples fail at once, before anything is allocated)."""
     weight = model.backbone.wte.weight
-    total = device_memory(weight.device)
+    total = total_memory(weight.device)
     need = least_memory(model, batch_size, prompt_len, max_new_tokens, dtype or weight.dtype, static_cache)
     if total is not None and need > total:
         raise MiniGPTError(f"num_samples {batch_size:,} (the batch) needs at least {need / 2 ** 30:,.1f} GiB for its "
                            f"KV cache and logits but the {weight.device.type} has {total / 2 ** 30:,.1f} GiB: "
                            f"generate fewer samples at once")
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or \
-        (isinstance(err, RuntimeError) and any(words in str(err) for words in MEMORY_ERRORS))
 
 
 def _grown(buffer: torch.Tensor, extra: int) -> torch.Tensor:
@@ -446,7 +428,7 @@ def stream(
                 if code & 1:  # every row has stopped
                     break
     except Exception as err:
-        if _is_out_of_memory(err):
+        if is_out_of_memory(err):
             raise out_of_memory(err) from None
         raise
     finally:

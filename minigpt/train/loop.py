@@ -35,7 +35,7 @@ from ..data.tokenizers import same_tokenizer
 from ..device import (autocast, configure_matmul_precision, keep_freed_host_memory, peak_dtype, process_group_backend,
                       resolve_device)
 from ..errors import MiniGPTError
-from ..locks import hold_lock
+from ..locks import LOCK_FILE, hold_lock
 from ..model.config import GPTConfig
 from ..perf import measure_matmul_peak
 from .config import LoopConfig
@@ -268,8 +268,16 @@ def run_folder(cfg: LoopConfig, ddp: Distributed) -> Iterator[Path]:
     if not ddp.master or cfg.eval_only:
         yield prepare_out_dir(cfg, ddp)
         return
-    with hold_lock(output_dir(cfg.out_dir), "training run"):
-        yield prepare_out_dir(cfg, ddp)
+    created = not Path(cfg.out_dir).exists()
+    try:
+        with hold_lock(output_dir(cfg.out_dir), "training run"):
+            yield prepare_out_dir(cfg, ddp)
+    except BaseException:
+        out = Path(cfg.out_dir)
+        if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            (out / LOCK_FILE).unlink()  # a run that failed before writing anything leaves no folder behind
+            out.rmdir()
+        raise
 
 
 def dotted(meta: dict, key: str):
