@@ -1,7 +1,8 @@
-"""The training loop both tasks share: AdamW on a warmup + cosine schedule, gradient accumulation
-and clipping, mixed precision, optional torch.compile and DDP, periodic evaluation, atomic
-checkpoints (last and best), exact resume, SIGINT/SIGTERM, a progress bar, metrics.jsonl and a
-loss plot.
+"""The training loop both tasks share: AdamW (or Muon + AdamW, ``optim.py``) on a warmup + cosine or
+warmup-stable-decay schedule, gradient accumulation and clipping, mixed precision, optional
+torch.compile and DDP, periodic evaluation, atomic checkpoints (last and best), exact resume, one
+run per folder, ``--overwrite`` that keeps the old run until the new one has a checkpoint,
+SIGINT/SIGTERM, a progress bar, metrics.jsonl and a loss plot.
 
 A task (pretraining, classification) describes itself as a ``Task``: its model and optimizer, how to
 draw a batch for a step, its loss and its evaluation. ``fit`` does everything else. Under
