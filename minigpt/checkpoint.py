@@ -75,6 +75,14 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
+def plain_file_name(name) -> bool:
+    """Whether ``name`` (read from a file such as meta.json or an index) names a file directly inside
+    a folder: a non-empty string without a folder part, not ``.`` or ``..``, not absolute. The name
+    is confined, not what it resolves to, so a symlinked file (Hugging Face's cache) still reads."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and not Path(name).is_absolute()
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -184,6 +184,12 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(words in str(err).lower() for words in MEMORY_ERRORS)
 
 
+def allocation_failure(err: BaseException) -> str:
+    """What a failed allocation says, in one short line for an error message."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^\[enforce fail at [^]]*\] ", "", first)[:160]  # the allocator's source line says nothing to a user
+
+
 @contextlib.contextmanager
 def memory_errors(what: str) -> Iterator[None]:
     """Turn a failed allocation inside the block into one ``MiniGPTError`` naming ``what``."""
@@ -192,6 +198,4 @@ def memory_errors(what: str) -> Iterator[None]:
     except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = re.sub(r"^\[enforce fail at [^]]*\] ", "", first)  # the allocator's source line says nothing to a user
-        raise MiniGPTError(f"out of memory {what} ({first[:160]}); make it smaller") from None
+        raise MiniGPTError(f"out of memory {what} ({allocation_failure(err)}); make it smaller") from None

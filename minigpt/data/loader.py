@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import read_json
+from ..checkpoint import plain_file_name, read_json
 from ..errors import MiniGPTError
 from .shards import HEADER_BYTES, LAYOUTS, read_header, sha256
 from .tokenizers import GPT2Tokenizer, tokenizer_from_meta
@@ -84,7 +84,7 @@ def _check_splits(splits, meta_path: Path) -> None:
             if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not _whole(entry.get("tokens"), 0):
                 raise MiniGPTError(f"{where} must be an object with a 'file' name and a whole number of 'tokens', "
                                    f"got {entry!r}")
-            if Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", ".."):
+            if not plain_file_name(entry["file"]):
                 raise MiniGPTError(f"{where}: file {entry['file']!r} is not a plain file name in the folder")
             if not isinstance(entry.get("sha256", ""), str):
                 raise MiniGPTError(f"{where}: sha256 must be a hex string, got {entry['sha256']!r}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..data.padding import pad
 from ..data.tokenizers import StreamDecoder, Tokenizer
-from ..device import is_out_of_memory, total_memory
+from ..device import allocation_failure, is_out_of_memory, total_memory
 from ..errors import MiniGPTError
 from ..model.layers import KVCache, StaticKVCache
 from ..model.model import GPT, positions_from_mask
@@ -168,14 +168,20 @@ FIRST_BUFFER_TOKENS = 4096
 NONFINITE_CHECK_EVERY = 64  # steps between reads of the non-finite flag when nothing else is read
 
 
+def cache_capacity(block_size: int, tokens: int, static: bool) -> int:
+    """Positions a KV cache holds for rows of up to ``tokens`` tokens: never more than block_size; a
+    static cache's rounded up to a multiple of STATIC_CACHE_MULTIPLE (few shapes to compile for)."""
+    if static:
+        tokens = math.ceil(tokens / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE
+    return min(block_size, tokens)
+
+
 def least_memory(model: GPT, batch_size: int, prompt_len: int, max_new_tokens: int, dtype: torch.dtype,
                  static_cache: bool = False) -> int:
     """A lower bound on the bytes a generation needs: its KV cache, its token buffers and a step's
     logits (B, V) in float32, with their softmax. Activations come on top."""
     cfg = model.config
-    capacity = min(cfg.block_size, prompt_len + max_new_tokens)
-    if static_cache:
-        capacity = min(cfg.block_size, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
+    capacity = cache_capacity(cfg.block_size, prompt_len + max_new_tokens, static_cache)
     element = torch.empty((), dtype=dtype).element_size()
     kv = 2 * cfg.n_layer * cfg.kv_heads * capacity * cfg.head_dim * element  # keys and values, per row
     buffers = 2 * 8 * (prompt_len + min(max_new_tokens, FIRST_BUFFER_TOKENS))  # tokens and mask (int64), per row
@@ -298,10 +304,9 @@ def stream(
     greedy = not do_sample or temperature == 0
 
     def out_of_memory(err: BaseException) -> MiniGPTError:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         return MiniGPTError(f"not enough memory on the {device.type} to generate {len(prompts):,} samples of up to "
-                            f"{max_new_tokens:,} new tokens at once ({reason}): generate fewer samples at once "
-                            f"(num_samples) or shorter ones (max_new_tokens)")
+                            f"{max_new_tokens:,} new tokens at once ({allocation_failure(err)}): generate fewer "
+                            f"samples at once (num_samples) or shorter ones (max_new_tokens)")
 
     def nonfinite(step: int) -> MiniGPTError:
         small = f", or temperature {temperature} is too small to divide by" if not greedy and temperature < 1e-20 else ""
@@ -327,9 +332,7 @@ def stream(
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # the first step with NaN/inf logits, or -1
         new_ids: list[list[int]] = [[] for _ in range(B)]
-        capacity = min(block, P + max_new_tokens)  # all a cache will hold, never more than block_size
-        if static_cache:
-            capacity = min(block, math.ceil(capacity / STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE)
+        capacity = cache_capacity(block, P + max_new_tokens, static_cache)
         held = 0
         if compile_decode:
             compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, load_weights, read_json, save_tensors, write_json
+from ..checkpoint import load_tensors, load_weights, plain_file_name, read_json, save_tensors, write_json
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
 from ..model.model import GPT
@@ -180,7 +180,7 @@ def _shards(folder: Path, index: Path) -> list[Path]:
             raise MiniGPTError(f"{index}: weight_map names the shard of {tensor!r} as {name!r}; expected a file name")
     shards = []
     for name in sorted(set(weight_map.values())):
-        if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        if not plain_file_name(name):
             raise MiniGPTError(f"{index}: shard {name!r} lies outside {folder}; a shard must be a file in that folder "
                                f"(a plain file name)")
         shards.append(folder / name)
