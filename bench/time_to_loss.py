@@ -12,7 +12,8 @@ baseline's), one after the other in this process. Each first times a few steps t
 spaced steps; evaluation time is not counted. The table gives (seconds, tokens, val loss) at each
 evaluation and tokens/s (so drift of a shared machine shows), and the ratios: the recipe's time to
 the baseline's final val loss (interpolated between evaluations) over the baseline's time, and the
-same in tokens. ``--json`` writes every row.
+same in tokens. ``--json`` writes every row; ``--keep DIR`` keeps both trained models as run folders
+(``DIR/baseline``, ``DIR/recipe``) that fine-tuning can start from (``--init_from=DIR/recipe``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from minigpt.checkpoint import BEST, LAST
 from minigpt.config_io import build_config
 from minigpt.device import resolve_device, resolve_dtype
 from minigpt.train.loop import Distributed, Run
@@ -51,12 +54,15 @@ def new_run(cfg: PretrainConfig) -> Run:
 
 def train(name: str, cfg: PretrainConfig, budget_s: float, evals: int) -> list[dict]:
     """Size the run to the budget, train it, and return a row per evaluation."""
-    probe = new_run(dataclasses.replace(cfg, max_iters=10 * CALIBRATION_STEPS))
+    probe_dir = Path(cfg.out_dir).with_name(f".{Path(cfg.out_dir).name}-probe")
+    probe = new_run(dataclasses.replace(cfg, max_iters=10 * CALIBRATION_STEPS, out_dir=str(probe_dir)))
     probe.step()  # the first step allocates (and compiles, if asked): not timed
     started = time.perf_counter()
     for _ in range(CALIBRATION_STEPS):
         probe.step()
     step_s = (time.perf_counter() - started) / CALIBRATION_STEPS
+    del probe
+    shutil.rmtree(probe_dir)
     steps = max(evals, int(budget_s / step_s))
     cfg = dataclasses.replace(cfg, max_iters=steps, lr_decay_iters=0, warmup_iters=min(cfg.warmup_iters, steps // 10))
     run = new_run(cfg)
@@ -74,6 +80,8 @@ def train(name: str, cfg: PretrainConfig, budget_s: float, evals: int) -> list[d
             started = time.perf_counter()
             run.step()
             seconds += time.perf_counter() - started
+    run.save(BEST)  # the last weights are the run's model: fine-tuning's init_from reads ckpt_best
+    run.save(LAST)
     return rows
 
 
@@ -102,10 +110,12 @@ def main() -> None:
     p.add_argument("--json", help="write the rows and ratios here")
     p.add_argument("--baseline_from", metavar="JSON", help="take the baseline's rows from an earlier --json instead "
                    "of training it again (for ablations: compare tokens; seconds drift between invocations)")
+    p.add_argument("--keep", metavar="DIR", help="train in DIR/baseline and DIR/recipe and keep both models "
+                   "(default: a temporary folder, removed at the end)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
         base = config(args.baseline, [], work, "baseline", eval_iters=args.eval_iters)
         if args.data_dir:
             base = dataclasses.replace(base, data_dir=args.data_dir)

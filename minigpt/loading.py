@@ -21,10 +21,12 @@ from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from .data.padding import TRUNCATIONS
 from .data.tokenizers import GPT2Tokenizer, HFTokenizer, Tokenizer, tokenizer_from_meta
 from .errors import MiniGPTError
-from .interop.hf import hf_model_type, load_hf, read_hf_config
+from .interop.hf import hf_model_type, load_hf, read_hf_config, read_hf_weights
+from .interop.hf_classifier import classifier_from_hf, hf_classifier_tokenizer, is_hf_classifier
+from .interop.peft_adapter import ADAPTER_CONFIG, adapter_base, is_adapter, merge_adapter
 from .model.config import GPTConfig
 from .model.heads import ClassificationHead
-from .model.lora import apply_lora, merge_lora
+from .model.lora import apply_lora, merge_lora, plain_state_dict
 from .model.model import GPT, GPTBackbone, GPTClassifier
 
 
@@ -36,9 +38,10 @@ def _open(path: str | Path) -> Checkpoint | Path:
     if path.is_dir():
         found = find_checkpoint(path)
         if found is None:
-            if (path / "config.json").is_file():
+            if (path / "config.json").is_file() or is_adapter(path):
                 return path
-            raise MiniGPTError(f"{path} holds no minigpt checkpoint (ckpt_*.safetensors) nor a Hugging Face config.json")
+            raise MiniGPTError(f"{path} holds no minigpt checkpoint (ckpt_*.safetensors), Hugging Face config.json "
+                               f"nor PEFT adapter_config.json")
         path = found
     return load_checkpoint(path)
 
@@ -85,6 +88,9 @@ def tokenizer(ckpt: Checkpoint) -> Tokenizer:
 def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPT, Tokenizer]:
     """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
     found = _open(path)
+    if isinstance(found, Path) and is_hf_classifier(read_hf_config(found)):
+        raise MiniGPTError(f"{found} is a Hugging Face classifier (*ForSequenceClassification), not a language "
+                           f"model; predict with it: python -m minigpt.classify --ckpt {path} TEXT")
     if isinstance(found, Path):
         model, tok = load_hf(found, **runtime), hf_tokenizer(found)
         check_together(model, model.config, tok, found)
@@ -120,17 +126,57 @@ def build_classifier(ckpt: Checkpoint, **runtime) -> GPTClassifier:
     return model
 
 
-def load_classifier(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPTClassifier, Tokenizer, dict]:
-    """(classifier in eval mode with LoRA merged, tokenizer, meta) from a classification checkpoint or out_dir."""
+def load_classifier(path: str | Path, device: torch.device | str = "cpu", merge: bool = True,
+                    base: str | Path | None = None, **runtime) -> tuple[GPTClassifier, Tokenizer, dict]:
+    """(classifier in eval mode, tokenizer, meta) from a classification checkpoint or out_dir, a Hugging
+    Face ``*ForSequenceClassification`` folder, or a PEFT LoRA adapter folder over such a folder
+    (``base``, else the adapter's base_model_name_or_path; the updates are merged). A minigpt
+    checkpoint's LoRA is merged unless ``merge=False``."""
     found = _open(path)
     if isinstance(found, Path):
-        raise MiniGPTError(f"{path} is a Hugging Face folder, not a minigpt classifier checkpoint")
+        adapter = found if is_adapter(found) and not (found / "config.json").is_file() else None
+        folder = Path(base) if base is not None else adapter_base(adapter) if adapter else found
+        if not (folder / "config.json").is_file():
+            raise MiniGPTError(f"{folder}: no config.json (the base of {adapter / ADAPTER_CONFIG} must be a Hugging "
+                               f"Face classifier folder)" if adapter else f"{folder}: no config.json")
+        hf_config = read_hf_config(folder)
+        if not is_hf_classifier(hf_config):
+            raise MiniGPTError(f"{folder} is a Hugging Face language model, not a classifier (config.json architectures "
+                               f"{hf_config.get('architectures')!r}); fine-tune one from it with init_from = \"{folder}\"")
+        weights = read_hf_weights(folder)
+        if adapter:
+            weights = merge_adapter(adapter, weights, str(folder))
+        model, fields = classifier_from_hf(hf_config, weights, str(found), **runtime)
+        tok = hf_classifier_tokenizer(folder)
+        meta = {"task": "classify", "model_config": model.backbone.config.to_dict(), "tokenizer": tok.to_meta(),
+                **fields, "lora": None, "source": str(found)}
+        check_together(model, model.backbone.config, tok, found)
+        return model.to(device).eval(), tok, meta
     if found.meta.get("task") != "classify":
         raise MiniGPTError(f"{found.path} is a language-model checkpoint, not a classifier; "
                            f"fine-tune one from it with a config that has task = \"classify\" and init_from = \"{path}\"")
     model = build_classifier(found, **runtime)
     found.load_model(model)
-    merge_lora(model)
+    if merge:
+        merge_lora(model)
     tok = tokenizer(found)
     check_together(model, model.backbone.config, tok, found.path)
     return model.to(device).eval(), tok, found.meta
+
+
+def load_backbone(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPTBackbone, Tokenizer]:
+    """(backbone, tokenizer) of a language model or a classifier (minigpt's or Hugging Face's), as
+    ``load_model`` and ``load_classifier`` read them: the start of a fine-tuning. A classifier's LoRA
+    is folded into plain weights and its head is left behind."""
+    found = _open(path)
+    if isinstance(found, Checkpoint):
+        classifier = found.meta.get("task") == "classify"
+    else:  # a PEFT adapter folder, or a Hugging Face folder
+        classifier = not (found / "config.json").is_file() or is_hf_classifier(read_hf_config(found))
+    if not classifier:
+        gpt, tok = load_model(path, device, **runtime)
+        return gpt.backbone, tok
+    model, tok, _ = load_classifier(path, device, **runtime)
+    backbone = GPTBackbone(model.backbone.config)
+    backbone.load_state_dict(plain_state_dict(model.backbone))
+    return backbone.to(device), tok

@@ -17,14 +17,16 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m minigpt.classify",
                        description="Classify texts with a fine-tuned checkpoint: label and class probabilities.")
     p.add_argument("texts", nargs="*", help="texts to classify (or --file, or standard input: one text per line)")
-    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir")
+    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir, a Hugging Face "
+                   "*ForSequenceClassification folder, or a PEFT LoRA adapter folder")
+    p.add_argument("--base", help="for a PEFT adapter: its base folder (default: the adapter's base_model_name_or_path)")
     p.add_argument("--file", help="a text file with one text per line")
     p.add_argument("--out", help="write a CSV (text, label, one probability column per class) instead of printing")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
-    model, tok, meta = load_classifier(args.ckpt, device)
+    model, tok, meta = load_classifier(args.ckpt, device, base=args.base)
     out = output_file(args.out, "--out") if args.out is not None else None
     texts = list(args.texts)
     if args.file:

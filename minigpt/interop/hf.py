@@ -147,7 +147,7 @@ def _llama_config(hf: dict, source: str) -> dict:
     )
 
 
-def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a Hugging Face folder: model.safetensors, its sharded form, or pytorch_model.bin."""
     single, index, legacy = path / "model.safetensors", path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if single.is_file():
@@ -187,9 +187,11 @@ def _shards(folder: Path, index: Path) -> list[Path]:
     return shards
 
 
-def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>", **runtime) -> GPT:
+def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], source: str = "<memory>",
+                       lm_head: bool = True, **runtime) -> GPT:
     """Build a ``GPT`` from a Hugging Face config dict and its state dict (GPT-2, Llama or Qwen2).
-    ``runtime`` sets run-time choices: ``dropout``, ``attn_backend``."""
+    ``lm_head=False``: the weights need no LM head (a classifier's backbone). ``runtime`` sets run-time
+    choices: ``dropout``, ``attn_backend``."""
     try:
         config = GPTConfig(**_config_from_hf(hf_config, source)).with_runtime(**runtime)
     except MiniGPTError as err:
@@ -200,7 +202,7 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
         raise MiniGPTError(f"{source}: config has {config.n_layer:,} layers (n_layer / num_hidden_layers) but the "
                            f"weights hold {len(blocks):,} blocks (do the config and the weights belong together?)")
     state = _gpt2_in(hf_state, config) if hf_config.get("model_type", "gpt2") == "gpt2" else _llama_in(hf_state, config, source)
-    optional = ["head.weight"] if config.tie_weights else []
+    optional = ["head.weight"] if config.tie_weights or not lm_head else []
     with torch.device("meta"):  # first the shapes config.json implies, without memory behind them: a config that
         shell = GPT(config)  # does not fit its weights (a vocab_size of 10**12) is an error before anything is allocated
     with warnings.catch_warnings():
@@ -264,7 +266,7 @@ def load_hf(path: str | Path, **runtime) -> GPT:
     if not path.is_dir():
         raise MiniGPTError(f"not a directory: {path} (expected a Hugging Face checkpoint directory)")
     hf_config = read_hf_config(path)
-    return from_hf_state_dict(hf_config, _read_hf_weights(path), source=str(path), **runtime)
+    return from_hf_state_dict(hf_config, read_hf_weights(path), source=str(path), **runtime)
 
 
 # ----------------------------------------------------------------------------- export

@@ -52,10 +52,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
 
 class ClassificationHead(nn.Module):
     """Text classification on top of the backbone: pool (B, T, C) -> (B, C), then an optional hidden
-    layer (Linear -> GELU) and dropout, then Linear -> (B, n_classes) logits."""
+    layer (Linear -> GELU) and dropout, then Linear -> (B, n_classes) logits (with a bias unless
+    ``bias=False``, as Hugging Face's ``score`` layer)."""
 
     def __init__(self, n_embd: int, n_classes: int, pooling: str = "last", hidden: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, bias: bool = True):
         super().__init__()
         if n_classes < 2:
             raise MiniGPTError(f"a classification head needs at least 2 classes, got {n_classes}")
@@ -65,9 +66,10 @@ class ClassificationHead(nn.Module):
         width = hidden or n_embd
         self.proj = nn.Sequential(nn.Linear(n_embd, hidden), nn.GELU()) if hidden else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(width, n_classes)
+        self.out = nn.Linear(width, n_classes, bias=bias)
         nn.init.normal_(self.out.weight, std=0.02)
-        nn.init.zeros_(self.out.bias)
+        if bias:
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pooled = pool(hidden, attention_mask, self.pooling)  # (B, C)
@@ -77,12 +79,13 @@ class ClassificationHead(nn.Module):
         """What builds this head again (stored beside its weights): see ``from_spec``."""
         first = self.proj[0] if self.hidden else self.out
         return {"n_embd": first.in_features, "n_classes": self.n_classes, "pooling": self.pooling,
-                "hidden": self.hidden, "dropout": self.dropout.p}
+                "hidden": self.hidden, "dropout": self.dropout.p, "bias": self.out.bias is not None}
 
     @classmethod
     def from_spec(cls, spec: dict, source: str = "head") -> "ClassificationHead":
         """An untrained head shaped as ``spec()`` described it (its weights are loaded afterwards)."""
         try:
-            return cls(spec["n_embd"], spec["n_classes"], spec["pooling"], spec["hidden"], spec["dropout"])
+            return cls(spec["n_embd"], spec["n_classes"], spec["pooling"], spec["hidden"], spec["dropout"],
+                       spec.get("bias", True))  # checkpoints before head_bias always had one
         except (KeyError, TypeError) as err:
             raise MiniGPTError(f"{source}: the head description {spec!r} is incomplete ({err})") from None

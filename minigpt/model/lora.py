@@ -84,3 +84,21 @@ def merge_lora(module: nn.Module) -> None:
 def unmerge_lora(module: nn.Module) -> None:
     for layer in lora_layers(module):
         layer.unmerge()
+
+
+def plain_state_dict(module: nn.Module, fold: bool = True) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as if it had no LoRA: each ``LoRALinear`` gives ``weight`` and ``bias``
+    under the name of the ``nn.Linear`` it wraps, with its update folded in (``fold``) or left out,
+    whether it is merged or not."""
+    state = {}
+    for name, tensor in module.state_dict().items():
+        owner, _, leaf = name.rpartition(".")
+        if leaf in ("lora_A", "lora_B"):
+            continue
+        if owner.endswith(".base") or owner == "base":
+            layer = module.get_submodule(owner.rpartition(".")[0]) if "." in owner else module
+            if leaf == "weight" and fold != layer.merged:
+                tensor = tensor + layer.delta() if fold else tensor - layer.delta()
+            name = f"{owner.removesuffix('base').rstrip('.')}.{leaf}".lstrip(".")
+        state[name] = tensor.detach()
+    return state

@@ -26,7 +26,7 @@ from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer
 from ..device import autocast, check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
 from ..infer.predict import predict_logits
-from ..loading import load_model
+from ..loading import load_backbone as read_backbone
 from ..metrics import classification_report, format_report
 from ..model.heads import POOLINGS, ClassificationHead
 from ..model.lora import apply_lora
@@ -68,12 +68,15 @@ class ClassifyConfig(LoopConfig, ModelFields):
     max_length: int = setting(0, "tokens per text after truncation (0: block_size)", within=AT_LEAST_0)
     truncate: str = setting("head", "which end of a long text to keep", TRUNCATIONS)
     # model
-    init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir, or a Hugging Face GPT-2 folder")
+    init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir (a language model, or a classifier: "
+                             "its backbone), or a Hugging Face folder (GPT-2, Llama, Qwen2; *ForSequenceClassification too)")
     tokenizer: str = setting("gpt2", "for init_from=scratch (char: vocabulary from the training texts; other "
                                      "characters read as U+FFFD)", TOKENIZER_KINDS)
     pooling: str = setting("last", "which real tokens the head reads", POOLINGS)
     head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)", within=AT_LEAST_0)
     head_dropout: float = setting(0.0, "dropout before the head's output layer", within=UNIT)
+    head_bias: bool = setting(True, "a bias in the head's output layer (Hugging Face's score layer has none: a "
+                              "Llama/Qwen2 classifier exports only without it; GPT-2's folds it into the final norm)")
     strategy: str = setting("full", "what trains (head: backbone frozen; last_n: last n_last blocks + final norm)",
                             STRATEGIES)
     n_last: int = setting(1, "blocks trained with strategy=last_n", within=AT_LEAST_1)
@@ -170,14 +173,15 @@ def epoch_indices(n: int, batch_size: int, it: int, micro: int, micros_per_step:
 
 
 def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device) -> tuple[GPTBackbone, Tokenizer, str]:
-    """(backbone, tokenizer, description) from ``init_from``: scratch, a minigpt checkpoint, or HF GPT-2."""
+    """(backbone, tokenizer, description) from ``init_from``: scratch, or a language model or classifier
+    (minigpt's checkpoint or out_dir, or a Hugging Face folder: see ``loading.load_backbone``)."""
     if cfg.init_from == "scratch":
         # characters the training texts lack (in val, test or later inputs) read as U+FFFD
         tok = build_tokenizer(cfg.tokenizer, "".join(texts), unknown="\ufffd" if cfg.tokenizer == "char" else None)
         gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
         return gpt.backbone.to(device), tok, "randomly initialised"
-    gpt, tok = load_model(cfg.init_from, device, **cfg.runtime())
-    return gpt.backbone, tok, f"pretrained from {cfg.init_from}"
+    backbone, tok = read_backbone(cfg.init_from, device, **cfg.runtime())
+    return backbone, tok, f"pretrained from {cfg.init_from}"
 
 
 def configure_trainable(model: GPTClassifier, cfg: ClassifyConfig) -> list[str]:
@@ -267,7 +271,8 @@ def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.devi
     check_fits(cfg.batch_size * max_length * backbone.config.n_embd * backbone.config.n_layer * 4,
                f"a micro-batch's activations (batch_size {cfg.batch_size} x max_length {max_length} x n_embd "
                f"{backbone.config.n_embd} x n_layer {backbone.config.n_layer}, float32)", device)
-    head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout)
+    head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout,
+                              cfg.head_bias)
     model = GPTClassifier(backbone, head.to(device))
     lora = configure_trainable(model, cfg)
     train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))

@@ -1,0 +1,88 @@
+"""``python -m minigpt.export --ckpt OUT --to hf|peft|onnx PATH``: a classifier out of minigpt, for
+transformers (a ``*ForSequenceClassification`` folder), PEFT (an adapter over such a base) or
+onnxruntime (one .onnx file). Each is written beside PATH first and renamed into place at the end,
+so a failure leaves nothing behind and ``--overwrite`` loses the old output only once the new is whole."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..checkpoint import atomic_path, output_dir
+from ..errors import MiniGPTError
+from ..interop.hf_classifier import save_hf_classifier
+from ..interop.onnx_export import save_onnx
+from ..interop.peft_adapter import save_peft_adapter
+from ..loading import load_classifier
+from . import ArgumentParser
+
+FORMATS = {"hf": "a Hugging Face folder (AutoModelForSequenceClassification, pipeline('text-classification'))",
+           "peft": "PATH/base (a Hugging Face folder without the LoRA updates) and PATH/adapter (a PEFT LoRA adapter "
+                   "with the head in modules_to_save); for classifiers trained with strategy = \"lora\"",
+           "onnx": "one .onnx file (inputs input_ids and attention_mask, output logits) for onnxruntime"}
+
+
+def _check_target(path: Path, overwrite: bool, folder: bool) -> None:
+    if folder and path.is_file():
+        raise MiniGPTError(f"{path} is a file; this export writes a folder there")
+    if not folder and path.is_dir():
+        raise MiniGPTError(f"{path} is a folder; the ONNX export writes one file (name it, e.g. model.onnx)")
+    if path.exists() and not (folder and path.is_dir() and not any(path.iterdir())) and not overwrite:
+        raise MiniGPTError(f"{path} already exists; choose another path or pass --overwrite")
+
+
+def write_folder(path: Path, overwrite: bool, write) -> None:
+    """Run ``write(tmp)`` into a new folder beside ``path``, then put it in ``path``'s place."""
+    _check_target(path, overwrite, folder=True)
+    output_dir(path.parent, what=f"the folder of {path.name}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        write(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            path.rename(old / "previous")
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m minigpt.export", description=__doc__.split("\n\n")[0],
+                       epilog="formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    p.add_argument("path", help="the folder (hf, peft) or .onnx file to write")
+    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir")
+    p.add_argument("--to", required=True, choices=list(FORMATS), help="the format (see below)")
+    p.add_argument("--overwrite", action="store_true", help="replace what is at PATH (only once the new one is whole)")
+    args = p.parse_args(argv)
+    path = Path(args.path)
+
+    if args.to == "onnx":
+        _check_target(path, args.overwrite, folder=False)
+        model, _, meta = load_classifier(args.ckpt, attn_backend="manual")  # plain tensor ops: what ONNX expresses
+        with atomic_path(path) as tmp:
+            save_onnx(model, tmp, meta["max_length"])
+        print(f"wrote {path} (ONNX: input_ids, attention_mask -> logits over {meta['labels']})")
+        return 0
+    model, tok, meta = load_classifier(args.ckpt, merge=args.to != "peft")
+    if args.to == "hf":
+        write_folder(path, args.overwrite, lambda tmp: save_hf_classifier(model, tok, meta, tmp))
+        print(f"wrote {path} (transformers: AutoModelForSequenceClassification.from_pretrained or pipeline)")
+        return 0
+    if not meta.get("lora"):
+        raise MiniGPTError(f"{args.ckpt} was not trained with strategy = \"lora\"; a PEFT adapter holds LoRA updates "
+                           f"(export it with --to hf)")
+
+    def both(tmp: Path) -> None:
+        (tmp / "base").mkdir()
+        (tmp / "adapter").mkdir()
+        save_hf_classifier(model, tok, meta, tmp / "base", fold_lora=False)
+        save_peft_adapter(model, meta["lora"], tmp / "adapter", base="../base")
+
+    write_folder(path, args.overwrite, both)
+    print(f"wrote {path}/base and {path}/adapter (peft: PeftModel.from_pretrained(AutoModelForSequenceClassification"
+          f".from_pretrained('{path}/base'), '{path}/adapter'))")
+    return 0
