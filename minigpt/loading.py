@@ -164,10 +164,12 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", merge:
     return model.to(device).eval(), tok, found.meta
 
 
-def load_backbone(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPTBackbone, Tokenizer]:
-    """(backbone, tokenizer) of a language model or a classifier (minigpt's or Hugging Face's), as
-    ``load_model`` and ``load_classifier`` read them: the start of a fine-tuning. A classifier's LoRA
-    is folded into plain weights and its head is left behind."""
+def load_backbone(path: str | Path, device: torch.device | str = "cpu",
+                  **runtime) -> tuple[GPTBackbone, Tokenizer, tuple[ClassificationHead, list[str]] | None]:
+    """(backbone, tokenizer, (head, class names) of a classifier or None) of a language model or a
+    classifier (minigpt's or Hugging Face's, or a PEFT adapter), as ``load_model`` and
+    ``load_classifier`` read them: the start of a fine-tuning. A classifier's LoRA is folded into
+    plain weights."""
     found = _open(path)
     if isinstance(found, Checkpoint):
         classifier = found.meta.get("task") == "classify"
@@ -175,8 +177,8 @@ def load_backbone(path: str | Path, device: torch.device | str = "cpu", **runtim
         classifier = not (found / "config.json").is_file() or is_hf_classifier(read_hf_config(found))
     if not classifier:
         gpt, tok = load_model(path, device, **runtime)
-        return gpt.backbone, tok
-    model, tok, _ = load_classifier(path, device, **runtime)
+        return gpt.backbone, tok, None
+    model, tok, meta = load_classifier(path, device, **runtime)
     backbone = GPTBackbone(model.backbone.config)
     backbone.load_state_dict(plain_state_dict(model.backbone))
-    return backbone.to(device), tok
+    return backbone.to(device), tok, (model.head, meta["labels"])

@@ -1,6 +1,7 @@
 """Classifiers out of minigpt and back, checked by the real clients: transformers (pipeline and
 AutoModelForSequenceClassification), peft (PeftModel over the exported base) and onnxruntime."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -155,8 +156,9 @@ def test_import_of_a_transformers_classifier_and_round_trip(tmp_path, kind):
     with torch.no_grad():
         expected = hf(input_ids=x, attention_mask=mask).logits
     torch.testing.assert_close(model(x, mask, right_padded=True)[0], expected, atol=1e-5, rtol=0)
-    backbone, _ = load_backbone(tmp_path / "theirs")  # init_from: a fine-tuning starts from its backbone
+    backbone, _, (head, labels) = load_backbone(tmp_path / "theirs")  # init_from: a fine-tuning starts from its backbone
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), model.backbone.state_dict().values()))
+    assert labels == meta["labels"] and torch.equal(head.out.weight, model.head.out.weight)
     save_hf_classifier(model, tok, meta, (tmp_path / "once").mkdir() or tmp_path / "once")
     again, tok2, meta2 = load_classifier(tmp_path / "once")
     save_hf_classifier(again, tok2, meta2, (tmp_path / "twice").mkdir() or tmp_path / "twice")
@@ -270,7 +272,7 @@ def test_sms_classifier_predicts_the_same_in_every_client(tmp_path):
                          init_from="scratch", tokenizer="gpt2", n_layer=1, n_head=2, n_embd=32, block_size=64,
                          max_length=64, strategy="lora", lora_targets="c_attn,c_proj", batch_size=16, max_iters=30,
                          eval_interval=30, learning_rate=3e-3, warmup_iters=5, progress=False, plot=False, device="cpu")
-    finetune(cfg)
+    first = finetune(cfg)
     for fmt, path in (("hf", tmp_path / "hf"), ("peft", tmp_path / "peft"), ("onnx", tmp_path / "model.onnx")):
         assert export(path, "--ckpt", tmp_path / "out", "--to", fmt) == 0
     texts = load_splits(cfg)[2].texts
@@ -291,3 +293,10 @@ def test_sms_classifier_predicts_the_same_in_every_client(tmp_path):
         onnx_labels += session.run(None, {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0].argmax(-1).tolist()
     assert [meta["labels"][i] for i in peft_labels] == ours
     assert [meta["labels"][i] for i in onnx_labels] == ours
+
+    # and back in: fine-tuning goes on from the Hugging Face folder, its head kept (a learning rate of ~0
+    # leaves the weights as they were, so the test split scores the same)
+    again = finetune(dataclasses.replace(cfg, init_from=str(tmp_path / "hf"), out_dir=str(tmp_path / "again"),
+                                         strategy="full", head_bias=False, max_iters=1, learning_rate=1e-12,
+                                         min_lr=1e-12, warmup_iters=0))
+    assert again["test_accuracy"] == first["test_accuracy"]

@@ -267,7 +267,7 @@ def test_a_hugging_face_folder_takes_the_run_time_choices(tmp_path):
     (tmp_path / "d.csv").write_text("text,label\na,x\nb,y\n", encoding="utf-8")
     cfg = ClassifyConfig(train_file=str(tmp_path / "d.csv"), init_from=str(tmp_path / "hf"), attn_backend="manual",
                          dropout=0.2)
-    backbone, _, _ = load_backbone(cfg, [], torch.device("cpu"))
+    backbone, *_ = load_backbone(cfg, [], torch.device("cpu"))
     assert backends_and_dropouts(backbone) == {("manual", 0.2)} and backbone.config.attn_backend == "manual"
 
 

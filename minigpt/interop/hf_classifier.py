@@ -14,13 +14,14 @@ transformers' ``pipeline("text-classification", model=DIR)`` reads texts as mini
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import save_tensors, write_json
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer, Tokenizer, bundled_gpt2_files
-from ..errors import MiniGPTError
+from ..errors import MiniGPTError, MiniGPTWarning
 from ..model.config import GPTConfig
 from ..model.heads import ClassificationHead
 from ..model.lora import plain_state_dict
@@ -101,6 +102,10 @@ def save_hf_classifier(classifier: GPTClassifier, tok: Tokenizer, meta: dict, fo
     head = classifier.head
     exportable_head(head, kind)
     _, pad_id = hf_pad_token(tok)
+    if meta["truncate"] == "head_tail":
+        warnings.warn(MiniGPTWarning("the classifier keeps the head and tail of a long text (truncate = head_tail); "
+                                     "transformers' tokenizer cuts one side only: the exported tokenizer keeps the "
+                                     "head, so texts over max_length may be classified differently"))
     gpt = _language_model(classifier, fold_lora)
     tensors = {k: v for k, v in to_hf_state_dict(gpt).items() if k != "lm_head.weight"}
     weight = head.out.weight.detach()  # (K, C)

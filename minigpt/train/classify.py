@@ -172,16 +172,17 @@ def epoch_indices(n: int, batch_size: int, it: int, micro: int, micros_per_step:
 # ----------------------------------------------------------------------------- model
 
 
-def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device) -> tuple[GPTBackbone, Tokenizer, str]:
-    """(backbone, tokenizer, description) from ``init_from``: scratch, or a language model or classifier
-    (minigpt's checkpoint or out_dir, or a Hugging Face folder: see ``loading.load_backbone``)."""
+def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device) -> tuple[GPTBackbone, Tokenizer, str, tuple | None]:
+    """(backbone, tokenizer, description, (head, class names) when ``init_from`` is a classifier) from
+    ``init_from``: scratch, or a language model or classifier (minigpt's checkpoint or out_dir, a
+    Hugging Face folder or a PEFT adapter: see ``loading.load_backbone``)."""
     if cfg.init_from == "scratch":
         # characters the training texts lack (in val, test or later inputs) read as U+FFFD
         tok = build_tokenizer(cfg.tokenizer, "".join(texts), unknown="\ufffd" if cfg.tokenizer == "char" else None)
         gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
-        return gpt.backbone.to(device), tok, "randomly initialised"
-    backbone, tok = read_backbone(cfg.init_from, device, **cfg.runtime())
-    return backbone, tok, f"pretrained from {cfg.init_from}"
+        return gpt.backbone.to(device), tok, "randomly initialised", None
+    backbone, tok, head = read_backbone(cfg.init_from, device, **cfg.runtime())
+    return backbone, tok, f"pretrained from {cfg.init_from}", head
 
 
 def configure_trainable(model: GPTClassifier, cfg: ClassifyConfig) -> list[str]:
@@ -264,7 +265,7 @@ def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.devi
     """The splits read and encoded, the backbone loaded with its head: (task, cfg with max_iters set by
     epochs, model, class names, encoded val split, encoded test split or None)."""
     train, val, test, names = load_splits(cfg)
-    backbone, tok, origin = load_backbone(cfg, train.texts, device)
+    backbone, tok, origin, old_head = load_backbone(cfg, train.texts, device)
     max_length = cfg.max_length or backbone.config.block_size
     if max_length > backbone.config.block_size:
         raise MiniGPTError(f"max_length {max_length} exceeds the backbone's block_size {backbone.config.block_size}")
@@ -273,6 +274,11 @@ def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.devi
                f"{backbone.config.n_embd} x n_layer {backbone.config.n_layer}, float32)", device)
     head = ClassificationHead(backbone.config.n_embd, len(names), cfg.pooling, cfg.head_hidden or None, cfg.head_dropout,
                               cfg.head_bias)
+    if old_head is not None and old_head[1] == names and old_head[0].spec() == {**head.spec(), "dropout": old_head[0].dropout.p}:
+        head.load_state_dict(old_head[0].state_dict())  # the same classes and head: training goes on from it
+        origin += " (its head kept: the same classes)"
+    elif old_head is not None:
+        origin += f" (a new head: its classes {old_head[1]} or head settings differ)"
     model = GPTClassifier(backbone, head.to(device))
     lora = configure_trainable(model, cfg)
     train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))
