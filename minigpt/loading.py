@@ -135,7 +135,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu", merge:
     found = _open(path)
     if isinstance(found, Path):
         adapter = found if is_adapter(found) and not (found / "config.json").is_file() else None
-        folder = Path(base) if base is not None else adapter_base(adapter) if adapter else found
+        folder = found if adapter is None else Path(base) if base is not None else adapter_base(adapter)
         if not (folder / "config.json").is_file():
             raise MiniGPTError(f"{folder}: no config.json (the base of {adapter / ADAPTER_CONFIG} must be a Hugging "
                                f"Face classifier folder)" if adapter else f"{folder}: no config.json")
