@@ -448,7 +448,7 @@ CASES = [
     ("data-no-out", "data", lambda ws, t: ["--input", str(ws / "input.txt")], "the following arguments are required: --out"),
     # --- python -m minigpt.classify
     ("classify-language-model", "classify", lambda ws, t: ["--ckpt", str(ws / "lm"), "good"], "is a language-model checkpoint, not a classifier"),
-    ("classify-hf-folder", "classify", lambda ws, t: ["--ckpt", str(ws / "hf"), "good"], "is a Hugging Face folder, not a minigpt classifier checkpoint"),
+    ("classify-hf-folder", "classify", lambda ws, t: ["--ckpt", str(ws / "hf"), "good"], "is a Hugging Face language model, not a classifier"),
     ("classify-empty-text", "classify", lambda ws, t: ["--ckpt", str(ws / "clf"), "good", ""], "input: text 2 encodes to no tokens"),
     ("classify-file-missing", "classify", lambda ws, t: ["--ckpt", str(ws / "clf"), "--file", str(t / "t.txt")], "--file not found: "),
     ("classify-file-latin1", "classify", lambda ws, t: ["--ckpt", str(ws / "clf"), "--file", str(ws / "latin1.txt")], "latin1.txt: not UTF-8 text"),

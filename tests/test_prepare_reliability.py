@@ -384,8 +384,8 @@ def test_a_file_size_limit_is_one_line_and_the_same_command_continues(tmp_path, 
 def test_ctrl_c_with_two_workers_is_one_line_and_the_same_command_continues(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the workers ignore it, the
     preparation says 'interrupted' on one line (exit 130), no traceback from any process."""
-    for i in range(8):
-        write(tmp_path / "books" / f"b{i}.txt", SHAKESPEARE[i * 125_000:(i + 1) * 125_000])
+    for i in range(8):  # 3 MB: long enough that the signal lands before the end on a fast machine
+        write(tmp_path / "books" / f"b{i}.txt", SHAKESPEARE[i * 125_000:(i + 1) * 125_000] * 3)
     out = tmp_path / "out"
     args = ["--input", tmp_path / "books", "--out", out, "--shard_tokens", "2K", "--workers", "2", *GPT2]
     proc = subprocess.Popen([sys.executable, "-m", "minigpt.data", *map(str, args)], cwd=REPO, text=True,
