@@ -8,6 +8,7 @@ from .device import autocast, resolve_device, resolve_dtype, seed_everything
 from .errors import MiniGPTError, MiniGPTWarning
 from .infer.generate import generate, stream
 from .interop.hf import load_hf, save_hf
+from .interop.hf_classifier import save_hf_classifier
 from .loading import load_classifier, load_model
 from .model.config import GPTConfig
 from .model.heads import ClassificationHead, LMHead
@@ -19,6 +20,6 @@ __all__ = [
     "CausalSelfAttention", "KVCache", "MLP", "SinusoidalPositionalEmbedding", "sinusoidal_table",
     "CharTokenizer", "GPT2Tokenizer", "tokenizer_from_meta", "MiniGPTError", "MiniGPTWarning",
     "generate", "stream", "autocast", "resolve_device", "resolve_dtype", "seed_everything",
-    "load_model", "load_classifier", "load_hf", "save_hf",
+    "load_model", "load_classifier", "load_hf", "save_hf", "save_hf_classifier",
 ]
 __version__ = "0.1.0"

@@ -18,9 +18,11 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     """
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1024)
-    gen = torch.Generator().manual_seed(0)  # private: must not move the global RNG (exact resume)
-    a = torch.randn(n, n, generator=gen).to(device, dtype)
-    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    # drawn where they are used, from a private generator: the global RNG must not move (exact resume)
+    home = device if cuda else torch.device("cpu")
+    gen = torch.Generator(home).manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=home).to(device, dtype)
+    b = torch.randn(n, n, generator=gen, device=home).to(device, dtype)
     if cuda:
         per_window, best = 20, 0.0
         torch.matmul(a, b)  # warm-up
@@ -43,24 +45,35 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     return 2 * n**3 / best
 
 
-# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, in FLOP/s, for reports beside
-# the measured peak. Keyed by a substring of torch.cuda.get_device_name().
-DATASHEET_PEAKS = {
-    "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "A100": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 19.5e12},
-    "L4": {torch.bfloat16: 121e12, torch.float16: 121e12, torch.float32: 30e12},
-    "T4": {torch.float16: 65e12, torch.float32: 8.1e12},
-    "V100": {torch.float16: 125e12, torch.float32: 15.7e12},
-}
+# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, in FLOP/s, which ``mfu`` is a
+# fraction of on a GPU (as nanoGPT, nanochat and torchtitan report it). float32 is the TF32 tensor-core
+# peak where the GPU has one (minigpt's default, tf32 = true). Matched in this order against
+# torch.cuda.get_device_name(): a variant before its family (an "H100 PCIe" is not an SXM H100).
+HALF_TF32 = lambda half, tf32: {torch.bfloat16: half, torch.float16: half, torch.float32: tf32}  # noqa: E731
+DATASHEET_PEAKS = [
+    ("H200 NVL", HALF_TF32(835e12, 418e12)),
+    ("H200", HALF_TF32(989e12, 495e12)),  # SXM
+    ("GH200", HALF_TF32(989e12, 495e12)),
+    ("H100 PCIe", HALF_TF32(756e12, 378e12)),
+    ("H100 NVL", HALF_TF32(835e12, 418e12)),
+    ("H100", HALF_TF32(989e12, 495e12)),  # SXM (HBM3)
+    ("H800", HALF_TF32(989e12, 495e12)),
+    ("A100", HALF_TF32(312e12, 156e12)),
+    ("L40S", HALF_TF32(362e12, 183e12)),
+    ("L4", HALF_TF32(121e12, 60e12)),
+    ("T4", {torch.float16: 65e12, torch.float32: 8.1e12}),  # no bf16, no TF32
+    ("V100", {torch.float16: 125e12, torch.float32: 15.7e12}),
+]
 
 
-def datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The datasheet peak of this GPU in ``dtype`` (None off CUDA or for a GPU not in the table)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peaks.get(dtype) for key, peaks in DATASHEET_PEAKS.items() if key in name), None)
+def datasheet_peak(device: torch.device, dtype: torch.dtype, name: str | None = None) -> float | None:
+    """The datasheet peak of this GPU (or of the GPU called ``name``) in ``dtype``; None off CUDA or
+    for a GPU or dtype not in the table."""
+    if name is None:
+        if device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(device)
+    return next((peaks.get(dtype) for key, peaks in DATASHEET_PEAKS if key in name), None)
 
 
 def sync(device: torch.device) -> None:

@@ -120,10 +120,10 @@ def test_the_kv_cache_is_kept_in_the_compute_dtype(monkeypatch):
     original = model.backbone.new_kv_cache
     monkeypatch.setattr(model.backbone, "new_kv_cache", lambda *a, **k: made.append(original(*a, **k)) or made[-1])
     generate(model, [[1, 2, 3]], 4, do_sample=False)
-    assert made[-1].k.dtype == torch.float32
+    assert made[-1].dtype == made[-1].k[0].dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         generate(model, [[1, 2, 3]], 4, do_sample=False)
-    assert made[-1].k.dtype == torch.bfloat16 and made[-1].k.shape[3] == 7  # prompt + new tokens, not block_size
+    assert made[-1].k[0].dtype == torch.bfloat16 and made[-1].k[0].shape[2] == 7  # prompt + new tokens, not block_size
 
 
 def test_prefixes_of_compiled_and_ddp_models_are_stripped(tmp_path):
@@ -317,3 +317,111 @@ def test_a_compiled_decode_step_compiles_once_and_keeps_its_static_cache(monkeyp
     assert torch.stack([a for a, _ in steps], 1).tolist() == generate(model, [[1, 2]] * 2, 12, do_sample=False)
     assert torch.stack([b for _, b in steps], 1).tolist() == generate(model, [[3, 4]] * 2, 12, do_sample=False)
     assert sum(cache.static for cache in made) == 2  # the first stream took the idle cache, the second made one
+
+
+def test_alternating_batch_sizes_keep_one_static_cache_each(monkeypatch):
+    """Generations alternating between batch sizes 1 and 2 make two static caches, not one per call
+    (each new cache would re-record a compiled step's CUDA graph)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=24, n_layer=1, n_head=2, n_embd=16)).eval()
+    made, real_new = [], model.backbone.new_kv_cache
+    monkeypatch.setattr(model.backbone, "new_kv_cache", lambda *a, **k: made.append(real_new(*a, **k)) or made[-1])
+    for prompts in ([[1, 2, 3]], [[4, 5], [6, 7]]) * 3:
+        assert generate(model, prompts, 5, do_sample=False, static_cache=True) == \
+            generate(model, prompts, 5, do_sample=False, use_cache=False)
+    assert sum(cache.static for cache in made) == 2
+
+
+@pytest.mark.parametrize("name,dtype,peak", [
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989e12), ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
+    ("NVIDIA H100 NVL", torch.float16, 835e12), ("NVIDIA H200", torch.bfloat16, 989e12),
+    ("NVIDIA H200 NVL", torch.bfloat16, 835e12), ("NVIDIA A100-SXM4-80GB", torch.float32, 156e12),
+    ("NVIDIA L4", torch.bfloat16, 121e12), ("NVIDIA L40S", torch.bfloat16, 362e12), ("Tesla T4", torch.bfloat16, None),
+    ("Some Future GPU", torch.bfloat16, None),
+])
+def test_datasheet_peak_knows_the_variant(name, dtype, peak):
+    """MFU on a GPU is against its datasheet: a PCIe or NVL part must not be read as the SXM one."""
+    from minigpt.perf import datasheet_peak
+
+    assert datasheet_peak(torch.device("cuda"), dtype, name=name) == peak
+    assert datasheet_peak(torch.device("cpu"), dtype) is None
+
+
+def test_a_classification_batch_is_one_copy_to_the_device():
+    """ids, mask and labels travel as one block (pinned and non-blocking on CUDA), not three copies."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from minigpt.data.labelled import EncodedTexts, LabelledText
+    from minigpt.data.tokenizers import CharTokenizer
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.to_meta = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and isinstance(out, torch.Tensor) and out.device.type == "meta":
+                self.to_meta += 1
+            return out
+
+    texts = ["a b", "abc abc", "b"]
+    data = EncodedTexts(LabelledText(texts, ["x", "y", "x"], "t"), CharTokenizer.from_text("abc "), ["x", "y"], 8)
+    ids, mask, labels = data.batch([0, 1, 2], torch.device("cpu"))
+    with Copies() as copies:
+        on_meta = data.batch([0, 1, 2], torch.device("meta"))
+    assert copies.to_meta == 1 and [t.shape for t in on_meta] == [ids.shape, mask.shape, labels.shape]
+    assert ids.tolist()[1] == CharTokenizer.from_text("abc ").encode("abc abc") and mask.tolist()[2][1:] == [0] * 6
+    assert labels.tolist() == [0, 1, 0]
+
+
+def test_a_cuda_process_sets_its_device_before_the_process_group(monkeypatch):
+    """Under torchrun on GPUs: torch.cuda.set_device(local_rank) first, then init_process_group with
+    device_id, so NCCL builds its communicator on this process's GPU (not GPU 0 for every rank)."""
+    import minigpt.train.loop as loop
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(loop, "process_group_backend", lambda name: "nccl")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(loop.dist, "destroy_process_group", lambda: calls.append(("destroy", None)))
+    with loop.distributed("cuda") as (ddp, device):
+        assert ddp.local_rank == 1 and device == torch.device("cuda:1")
+    assert calls == [("set_device", torch.device("cuda:1")),
+                     ("init", {"backend": "nccl", "device_id": torch.device("cuda:1")}), ("destroy", None)]
+
+
+def test_ddp_gradients_stay_views_of_its_buckets(tmp_path, monkeypatch):
+    """With gradient_as_bucket_view, zeroing the gradients in place (not to None) keeps each one the
+    same storage step after step: backward writes into DDP's all-reduce buckets, no copy."""
+    import torch.distributed as dist
+
+    from minigpt.train.loop import Distributed, Run, Task
+    from minigpt.train.pretrain import PretrainConfig
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29_000 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+        task = Task(model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3), batch=lambda it, m: (x, y),
+                    loss=lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), evaluate=lambda m: {"val_loss": 0.0},
+                    score="val_loss", higher_is_better=False, meta={}, units_per_step=8)
+        cfg = PretrainConfig(out_dir=str(tmp_path), max_iters=5, log_interval=1, progress=False, plot=False,
+                             device="cpu", warmup_iters=0, compile="false")
+        run = Run(task, cfg, Distributed(True, 0, 0, 1), torch.device("cpu"), torch.float32)
+        run.start()
+        run.step()
+        run.step()  # DDP rebuilds its buckets once, in the order the first backward filled them
+        storage = [p.grad.untyped_storage().data_ptr() for p in net.parameters()]
+        assert len(set(storage)) == 1  # one bucket holds them all
+        for _ in range(3):
+            run.step()
+            assert [p.grad.untyped_storage().data_ptr() for p in net.parameters()] == storage
+    finally:
+        dist.destroy_process_group()

@@ -86,6 +86,38 @@ def test_bos_aligned_windows_start_at_a_document(tmp_path):
     assert all(tuple(row[1:11].tolist()) in texts for row in x)  # right after it, a document's first tokens
 
 
+def test_document_starts_are_scanned_once_and_again_when_a_shard_changes(tmp_path, monkeypatch):
+    """bos_aligned windows need every shard's document starts: the first run scans them and keeps
+    them in .index/ beside the shards; the next run (or DDP rank) reads them back without a scan,
+    and a shard that changed is scanned again. A read-only folder is scanned every time."""
+    import os
+
+    from minigpt.data.loader import INDEX_DIR, TokenShards
+
+    tok = GPT2Tokenizer()
+    lines = [json.dumps({"text": SHAKESPEARE[i:i + 400]}) for i in range(0, 20_000, 400)]
+    (tmp_path / "web.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    meta = prepare_corpus(tmp_path / "web.jsonl", tmp_path / "out", "gpt2", shard_tokens=2_000, progress=False)
+    scans, real_read = [], TokenShards.read_shard
+    monkeypatch.setattr(TokenShards, "read_shard", lambda self, i, start, n: scans.append(i) or real_read(self, i, start, n))
+
+    def starts():
+        scans.clear()
+        windows = Windows(open_split(tmp_path / "out", "train", meta), 32, CPU, bos_token=tok.eot_token)
+        return [list(s) for s in windows.starts], len(scans)
+
+    first, scanned = starts()
+    assert scanned >= len(first) > 1 and len(list((tmp_path / "out" / INDEX_DIR).glob("*.npy"))) == len(first)
+    again, rescanned = starts()
+    assert again == first and rescanned <= len(first)  # open_split's sampled id check only, no scans
+    shard = sorted((tmp_path / "out").glob("train_*.bin"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # "changed"
+    assert starts()[0] == first and len(list((tmp_path / "out" / INDEX_DIR).glob("*.npy"))) == len(first)
+    whole = open_split(tmp_path / "out", "train", meta)
+    assert all((whole.read_shard(i, 0, whole.shards[i].tokens)[np.array(p, dtype=np.int64)] == tok.eot_token).all()
+               for i, p in enumerate(first))
+
+
 def test_the_earlier_single_file_layout_still_reads(tmp_path):
     ids = np.arange(3000, dtype=np.uint16) % 60
     ids.tofile(tmp_path / "train.bin")

@@ -119,3 +119,29 @@ def test_streamed_and_batch_output_cut_the_stop_string_alike(checkpoints):
 def test_module_entry_points_keep_their_names(name):
     out = subprocess.run([sys.executable, "-m", name, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0 and f"usage: python -m {name}" in out.stdout, out.stderr
+
+
+def test_half_precision_sampling_casts_the_weights_once(checkpoints, monkeypatch, capsys):
+    """--dtype bfloat16 with a compiled static-cache decode: the model's weights are cast once, so the
+    compiled step's graph holds no cast of a weight (under autocast it would cast each one per token)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from minigpt.cli import run_cli
+    from minigpt.cli.sample import main
+
+    casts, graphs = [], []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        casts.extend(n for n in gm.graph.nodes if n.target is torch.ops.aten._to_copy.default
+                     and n.kwargs.get("dtype") == torch.bfloat16)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=aot_autograd(fw_compiler=record),
+                                                                       dynamic=False))
+    torch._dynamo.reset()
+    code = run_cli(main, ["--ckpt", str(checkpoints / "char"), "--prompt", "abc", "--max_new_tokens", "4", "--greedy",
+                          "--dtype", "bfloat16", "--static_cache", "--compile"])
+    assert code == 0 and graphs, capsys.readouterr().err
+    assert not casts, [str(n) for n in casts]

@@ -5,9 +5,11 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from minigpt.data.loader import load_meta
 from minigpt.model.layers import CausalSelfAttention
 from minigpt.train import config_class
 from minigpt.train.classify import ClassifyConfig, load_backbone
-from minigpt.train.loop import NonFiniteLoss, learning_rate
+from minigpt.train.loop import Distributed, NonFiniteLoss, Task, fit, learning_rate
 from minigpt.train.pretrain import PretrainConfig, continued_model, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,6 +192,32 @@ def test_ddp_two_processes_match_one_process(char_data, tmp_path, optimizer):
     assert diffs.mean().item() < 1e-5
 
 
+def test_two_nodes_match_one_process(char_data, tmp_path):
+    """Training across machines as docs/GPU.md documents it: two torchrun launchers ("nodes" on
+    localhost, one process each, c10d rendezvous, gloo) give one process's losses and weights for
+    the same global batch."""
+    common = dict(max_iters=3, lr_decay_iters=3, eval_interval=100, dropout=0.0, log_interval=1,
+                  gradient_accumulation_steps=2)
+    single = run_train(cli_args(char_data, tmp_path / "one", **common))
+    assert single.wait(timeout=300) == 0, single.communicate()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=minigpt-test", str(REPO / "train.py"),
+         *cli_args(char_data, tmp_path / "two", **common)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    losses = lambda out: [r["train_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                          if "lr" in r]  # the step rows
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-4)
+    a, b = weights(tmp_path / "one" / LAST), weights(tmp_path / "two" / LAST)
+    assert torch.cat([(a[k] - b[k]).abs().flatten() for k in a]).mean().item() < 1e-5
+
+
 @pytest.mark.parametrize("args,message", [
     (["--n_layers=3"], "unknown key 'n_layers'; did you mean 'n_layer'"),
     (["--n_layer=three"], "n_layer expects int"),
@@ -292,3 +320,54 @@ def test_layer_norm_eps_is_settable_from_toml(tmp_path):
     assert eps == {1e-6}
     assert build_config(PretrainConfig, None, ["--layer_norm_eps=1e-3"]).model_config(10).layer_norm_eps == 1e-3
     assert "--layer_norm_eps=1e-05" in config_help(PretrainConfig)
+
+
+def test_throughput_windows_leave_out_compilation_evaluation_and_checkpoints(tmp_path, monkeypatch):
+    """A fake clock: every step takes 1 s, the first 50 s more (compilation), every evaluation 100 s
+    (with its checkpoints). Every tokens/s row must then read units_per_step / 1 s, and MFU the FLOPs
+    of a step over the measured peak; the first window, which held only the compiling step, is marked."""
+    import minigpt.train.loop as loop
+
+    clock = {"now": 0.0, "steps": 0}
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(loop, "measure_matmul_peak", lambda device, dtype: 1e6)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+
+    def loss(m, b):
+        clock["now"] += 1.0 + (50.0 if clock["steps"] == 0 else 0.0)
+        clock["steps"] += 1
+        return torch.nn.functional.cross_entropy(m(b[0]), b[1])
+
+    def evaluate(m):
+        clock["now"] += 100.0
+        return {"val_loss": 1.0}
+
+    task = Task(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), batch=lambda it, micro: (x, y),
+                loss=loss, evaluate=evaluate, score="val_loss", higher_is_better=False, meta={}, units_per_step=8,
+                flops_per_step=4e6)
+    for log_interval in (1, 3):
+        out = tmp_path / str(log_interval)
+        out.mkdir()
+        cfg = PretrainConfig(out_dir=str(out), max_iters=12, eval_interval=4, log_interval=log_interval,
+                             progress=False, plot=False, device="cpu", warmup_iters=0)
+        clock["steps"] = 0
+        fit(task, cfg, Distributed(enabled=False), torch.device("cpu"), torch.float32)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+        timed = [r for r in rows if "warmup" not in r]
+        assert [r["iter"] for r in rows if "warmup" in r] == ([1] if log_interval == 1 else [])
+        assert timed and all(r["tok_per_s"] == pytest.approx(8.0) and r["mfu"] == pytest.approx(4.0) for r in timed)
+
+
+def test_best_and_last_of_one_evaluation_are_one_file(char_data, tmp_path):
+    """When an evaluation improves, ckpt_best is a hard link to the ckpt_last just written (no second
+    write); the next ckpt_last is a new file, so the best stays the best."""
+    train(tiny_cfg(char_data, tmp_path, max_iters=4, eval_interval=2, dropout=0.0))
+    best, last = load_checkpoint(tmp_path / BEST).meta, load_checkpoint(tmp_path / LAST).meta
+    assert last["iter_num"] == 4
+    if best["iter_num"] == 4:
+        assert os.path.samefile(tmp_path / BEST, tmp_path / LAST)
+    else:
+        assert not os.path.samefile(tmp_path / BEST, tmp_path / LAST) and best["iter_num"] == 2
+    assert not list(tmp_path.glob(".*link"))

@@ -22,8 +22,30 @@ from tqdm import tqdm
 from ..errors import MiniGPTError, MiniGPTWarning
 
 
+_COMMAND_NAMES: list[str] = []  # the name a dispatching command runs the current one under ("minigpt sample")
+
+
+@contextmanager
+def command_name(name: str) -> Iterator[None]:
+    """Commands run inside this call name themselves ``name`` in usage and errors (not "sample.py")."""
+    _COMMAND_NAMES.append(name)
+    try:
+        yield
+    finally:
+        _COMMAND_NAMES.pop()
+
+
+def program_name(default: str) -> str:
+    return _COMMAND_NAMES[-1] if _COMMAND_NAMES else default
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage mistake reported as one ``error:`` line like every other user error."""
+
+    def __init__(self, *args, **kwargs):
+        if _COMMAND_NAMES:
+            kwargs["prog"] = _COMMAND_NAMES[-1]
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise MiniGPTError(f"{self.prog}: {message} (see --help)")

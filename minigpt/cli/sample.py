@@ -6,8 +6,10 @@ import argparse
 import sys
 import time
 
+import torch
+
 from ..checkpoint import read_text
-from ..device import DEVICE_HELP, DTYPES, autocast, resolve_device, resolve_dtype
+from ..device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
 from ..infer.generate import TextStream, check_batch_fits, check_sampling_args, stream
 from ..loading import load_model
@@ -55,7 +57,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--attn_backend", choices=ATTENTION_BACKENDS, default=None,
                    help="attention backend (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="auto: bfloat16 (or float16) on a GPU, float32 on a CPU; a half dtype casts the weights once")
     p.add_argument("--verbose", action="store_true", help="print tokens/s at the end")
     return p
 
@@ -77,6 +80,8 @@ def main(argv: list[str]) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(device, args.dtype)
     model, tok = load_model(args.ckpt, device, attn_backend=args.attn_backend)
+    if dtype != torch.float32:  # half-precision inference: the weights cast once, not under autocast at every
+        model = model.to(dtype)  # token (a compiled decode step would replay every weight's cast); the cache follows
     prompt = read_prompt(args)
     ids = ([tok.bos_token] if tok.bos_token is not None else []) + tok.encode(prompt)  # as the model saw texts begin
     if not ids:
@@ -91,21 +96,20 @@ def main(argv: list[str]) -> int:
     start, n_tokens = time.perf_counter(), 0
     if live:
         sys.stdout.write(prompt)
-    with autocast(device, dtype):
-        for next_ids, done in stream(
-            model, [ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
-            stop_token_ids=stop_ids, stop_strings=args.stop, decode=tok.decode, seed=args.seed, use_cache=not args.no_cache,
-            static_cache=args.static_cache, compile_decode=args.compile,
-        ):
-            for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
-                if row_done or token in stop_ids:
-                    continue
-                n_tokens += 1
-                pieces[row].append(texts[row].feed(token))
-                if live:
-                    sys.stdout.write(pieces[row][-1])
-                    sys.stdout.flush()
+    for next_ids, done in stream(
+        model, [ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
+        stop_token_ids=stop_ids, stop_strings=args.stop, decode=tok.decode, seed=args.seed, use_cache=not args.no_cache,
+        static_cache=args.static_cache, compile_decode=args.compile,
+    ):
+        for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
+            if row_done or token in stop_ids:
+                continue
+            n_tokens += 1
+            pieces[row].append(texts[row].feed(token))
+            if live:
+                sys.stdout.write(pieces[row][-1])
+                sys.stdout.flush()
     elapsed = time.perf_counter() - start
     for row in range(args.num_samples):
         pieces[row].append(texts[row].flush())

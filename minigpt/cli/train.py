@@ -9,6 +9,7 @@ from ..checkpoint import LAST
 from ..config_io import build_config, config_help
 from ..train import ClassifyConfig, PretrainConfig, config_class, run
 from ..train.loop import Distributed, Interrupted
+from . import program_name
 
 USAGE = """usage: python train.py CONFIG.toml [--key=value ...] [--resume] [--debug]
        torchrun --nproc_per_node=N train.py CONFIG.toml [...]
@@ -26,7 +27,8 @@ classification adds OUT_DIR/report.json, report.txt and confusion.png.
 
 def main(argv: list[str]) -> int:
     if not argv or "--help" in argv or "-h" in argv:
-        print(USAGE + "\npretraining keys (task = \"pretrain\"):\n" + config_help(PretrainConfig)
+        print(USAGE.replace("usage: python train.py", f"usage: {program_name('python train.py')}", 1)
+              + "\npretraining keys (task = \"pretrain\"):\n" + config_help(PretrainConfig)
               + "\n\nclassification keys (task = \"classify\"; the model keys apply to init_from = \"scratch\"):\n"
               + config_help(ClassifyConfig, skip=PretrainConfig))
         return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import plain_file_name, read_json
+from ..checkpoint import atomic_path, plain_file_name, read_json
 from ..errors import MiniGPTError
 from .shards import HEADER_BYTES, LAYOUTS, read_header, sha256
 from .tokenizers import GPT2Tokenizer, tokenizer_from_meta
@@ -28,6 +28,7 @@ from .tokenizers import GPT2Tokenizer, tokenizer_from_meta
 TOKEN_DTYPES = tuple(LAYOUTS)
 SAMPLE_CHUNKS, CHUNK_TOKENS = 64, 1 << 14  # the ids checked when a split is opened: 64 runs of 16 K spread over it
 SCAN_TOKENS = 1 << 24  # tokens read at a time when a whole shard is scanned
+INDEX_DIR = ".index"  # beside the shards: where each shard's document starts are kept once scanned
 
 
 @dataclass(frozen=True)
@@ -170,11 +171,30 @@ class TokenShards:
                                        f"(prepare the data again)")
 
     def positions_of(self, token: int, index: int) -> np.ndarray:
-        """Where ``token`` occurs in shard ``index`` (scanned in pieces)."""
-        n, found = self.shards[index].tokens, []
+        """Where ``token`` occurs in shard ``index``: scanned in pieces once, then read from the index
+        kept beside the shard (``.index/``), so later runs and each DDP rank do not scan every shard
+        again. The index names the shard's size and modification time; a changed shard is scanned anew."""
+        shard = self.shards[index]
+        path = Path(shard.path)
+        saved = path.parent / INDEX_DIR / f"{path.name}.{token}.npy"
+        stat = path.stat()
+        stamp = np.array([stat.st_size, stat.st_mtime_ns, shard.offset, shard.tokens], dtype=np.int64)
+        try:
+            kept = np.load(saved)
+            if kept.dtype == np.int64 and kept.ndim == 1 and len(kept) >= 4 and np.array_equal(kept[:4], stamp):
+                return kept[4:]
+        except (OSError, ValueError):  # none yet, or unreadable: scan
+            pass
+        n, found = shard.tokens, []
         for begin in range(0, n, SCAN_TOKENS):
             found.append(begin + np.flatnonzero(self.read_shard(index, begin, min(SCAN_TOKENS, n - begin)) == token))
-        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        positions = np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+        try:
+            with atomic_path(saved) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.concatenate([stamp, positions]))
+        except (OSError, MiniGPTError):  # a read-only data folder: it is scanned again next time
+            pass
+        return positions
 
 
 def open_split(data_dir: str | Path, split: str, meta: dict, verify: bool = False) -> TokenShards:

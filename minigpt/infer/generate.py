@@ -225,23 +225,39 @@ def compute_dtype(device: torch.device, weights: torch.Tensor) -> torch.dtype:
 # lengths of one batch size then share a few shapes, and a compiled decode step a few compilations.
 STATIC_CACHE_MULTIPLE = 256
 
-# Each model's idle static cache, reused by the next generation of the same shape. A compiled decode
-# step reads and writes the cache in place, so the same tensors let its CUDA graph replay; a new cache
-# would re-record it (or recompile, on torch versions that guard static addresses). Weakly keyed: it
-# is freed with the model.
+# Each model's idle static caches, one per (batch, capacity, dtype, device), reused by the next
+# generation of that shape. A compiled decode step reads and writes the cache in place, so the same
+# tensors let its CUDA graph replay; a new cache would re-record it (or recompile, on torch versions
+# that guard static addresses), at every call when batch sizes alternate. The IDLE_CACHES most
+# recently used shapes are kept per model. Weakly keyed: they are freed with the model.
 _idle_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+IDLE_CACHES = 4
+
+
+def _cache_key(batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    return batch_size, max_len, dtype, device
 
 
 def take_static_cache(model: GPT, batch_size: int, max_len: int, dtype: torch.dtype) -> StaticKVCache:
-    """The model's idle static cache if it has this shape, dtype and device (emptied), else a new one.
-    It is taken out while in use, so two generations running at once never share one."""
-    cache = _idle_static_caches.pop(model, None)
-    weight = model.backbone.wte.weight
-    if cache is not None and (cache.k.shape[1], cache.max_len, cache.k.dtype, cache.k.device) == \
-            (batch_size, max_len, dtype, weight.device):
+    """The model's idle static cache of this shape, dtype and device (emptied), else a new one. It is
+    taken out while in use, so two generations running at once never share one."""
+    idle = _idle_static_caches.get(model, {})
+    cache = idle.pop(_cache_key(batch_size, max_len, dtype, model.backbone.wte.weight.device), None)
+    if cache is not None:
         cache.reset()
         return cache
     return model.backbone.new_kv_cache(batch_size, max_len, dtype, static=True)
+
+
+def put_back_static_cache(model: GPT, cache: StaticKVCache) -> None:
+    """Keep ``cache`` for the model's next generation of its shape (the least recently used beyond
+    IDLE_CACHES are dropped)."""
+    idle = _idle_static_caches.setdefault(model, {})
+    key = _cache_key(cache.batch_size, cache.max_len, cache.dtype, cache.device)
+    idle.pop(key, None)
+    idle[key] = cache  # the most recently used last
+    while len(idle) > IDLE_CACHES:
+        idle.pop(next(iter(idle)))
 
 
 def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_mask: torch.Tensor,
@@ -437,7 +453,7 @@ def stream(
     finally:
         model.train(was_training)
         if static_cache and cache is not None:
-            _idle_static_caches[model] = cache  # for the next generation of this shape
+            put_back_static_cache(model, cache)  # for the next generation of this shape
 
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:

@@ -14,14 +14,13 @@ transformers' ``pipeline("text-classification", model=DIR)`` reads texts as mini
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import save_tensors, write_json
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer, Tokenizer, bundled_gpt2_files
-from ..errors import MiniGPTError, MiniGPTWarning
+from ..errors import MiniGPTError
 from ..model.config import GPTConfig
 from ..model.heads import ClassificationHead
 from ..model.lora import plain_state_dict
@@ -30,7 +29,7 @@ from .hf import _field, from_hf_state_dict, hf_architecture, read_hf_config, to_
 
 SEQ_CLS = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
            "qwen2": "Qwen2ForSequenceClassification"}
-TRUNCATION_SIDE = {"head": "right", "tail": "left"}  # minigpt keeps the head (cuts the right) or the tail
+TRUNCATION_SIDE = {"head": "right", "tail": "left"}  # each of padding.TRUNCATIONS: which side transformers cuts
 
 
 def exportable_head(head: ClassificationHead, kind: str) -> None:
@@ -62,7 +61,7 @@ def hf_pad_token(tok: Tokenizer) -> tuple[str, int]:
 def _tokenizer_files(tok: Tokenizer, folder: Path, max_length: int, truncate: str) -> None:
     pad_text, _ = hf_pad_token(tok)
     settings = {"model_max_length": max_length, "padding_side": "right",
-                "truncation_side": TRUNCATION_SIDE.get(truncate, "right"), "pad_token": pad_text, "eos_token": pad_text}
+                "truncation_side": TRUNCATION_SIDE[truncate], "pad_token": pad_text, "eos_token": pad_text}
     if isinstance(tok, GPT2Tokenizer):
         shutil.copyfile(tok.encoder_json, folder / "vocab.json")  # GPT-2's encoder.json and vocab.bpe, as
         shutil.copyfile(tok.vocab_bpe, folder / "merges.txt")  # transformers names them
@@ -102,10 +101,6 @@ def save_hf_classifier(classifier: GPTClassifier, tok: Tokenizer, meta: dict, fo
     head = classifier.head
     exportable_head(head, kind)
     _, pad_id = hf_pad_token(tok)
-    if meta["truncate"] == "head_tail":
-        warnings.warn(MiniGPTWarning("the classifier keeps the head and tail of a long text (truncate = head_tail); "
-                                     "transformers' tokenizer cuts one side only: the exported tokenizer keeps the "
-                                     "head, so texts over max_length may be classified differently"))
     gpt = _language_model(classifier, fold_lora)
     tensors = {k: v for k, v in to_hf_state_dict(gpt).items() if k != "lm_head.weight"}
     weight = head.out.weight.detach()  # (K, C)
@@ -168,9 +163,9 @@ def classifier_from_hf(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
     ours = _field(hf_config, "minigpt", "object", source, {})
     max_length = _field(ours, "max_length", "int", source, gpt.config.block_size, where="config minigpt")
     truncate = _field(ours, "truncate", "str", source, "head", where="config minigpt")
-    if not 1 <= max_length <= gpt.config.block_size or truncate not in ("head", "tail", "head_tail"):
+    if not 1 <= max_length <= gpt.config.block_size or truncate not in TRUNCATION_SIDE:
         raise MiniGPTError(f"{source}: config minigpt {ours!r}: max_length must be 1..{gpt.config.block_size} and "
-                           f"truncate head, tail or head_tail")
+                           f"truncate one of {', '.join(TRUNCATION_SIDE)}")
     meta = {"labels": names, "head": head.spec(), "max_length": max_length, "truncate": truncate}
     return GPTClassifier(gpt.backbone, head), meta
 

@@ -38,7 +38,7 @@ from ..device import (autocast, configure_matmul_precision, keep_freed_host_memo
 from ..errors import MiniGPTError
 from ..locks import LOCK_FILE, hold_lock
 from ..model.config import GPTConfig
-from ..perf import measure_matmul_peak
+from ..perf import datasheet_peak, measure_matmul_peak
 from .config import LoopConfig
 from .plots import plot_losses
 
@@ -119,10 +119,12 @@ def distributed(device_name: str) -> Iterator[tuple[Distributed, torch.device]]:
         yield ddp, resolve_device(device_name)
         return
     backend = process_group_backend(device_name)
-    dist.init_process_group(backend=backend)
     device = torch.device(f"cuda:{ddp.local_rank}") if backend == "nccl" else torch.device("cpu")
-    if device.type == "cuda":
+    if device.type == "cuda":  # first: NCCL's communicator is then built on this process's own GPU
         torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device)
+    else:
+        dist.init_process_group(backend=backend)
     try:
         yield ddp, device
     finally:
@@ -342,6 +344,7 @@ class Run:
         self.bar: tqdm | None = None
         self.old_run = OldRun(self.out_dir)  # set aside by --overwrite until the first checkpoint
         self._window_start = (0, time.perf_counter())  # (iteration, time) the throughput is measured from
+        self._warm = False  # the process's first step (compilation, allocation) is behind it
 
     # --------------------------------------------------------------------------- before the first step
 
@@ -396,9 +399,12 @@ class Run:
                         disable=None if self.cfg.progress and self.ddp.master else True)  # None: only on a terminal
 
     def measure_peak(self) -> None:
-        """The matmul peak MFU is a fraction of: the best seen so far. It is measured again at every
-        evaluation, so a peak read while the machine was busy (too low, which inflated MFU past 100%)
-        is replaced by a truer one."""
+        """The measured matmul peak (the best seen so far), for ``mfu_measured`` on a GPU and ``mfu`` on
+        a CPU. Measured at the start; on a CPU again at every evaluation (a millisecond matmul there),
+        so a peak read while a shared machine was busy (too low: MFU past 100%) is replaced by a truer
+        one. A GPU's (seconds of 8192² matmuls) is measured once."""
+        if math.isfinite(self.peak) and self.device.type != "cpu":
+            return
         self.peak = max(self.peak if math.isfinite(self.peak) else 0.0,
                         measure_matmul_peak(self.device, peak_dtype(self.device, self.dtype)))
 
@@ -435,7 +441,7 @@ class Run:
         if self.iter_num > 0:
             self.save(LAST)
         if improved:
-            self.save(BEST)
+            self.save_best()
         if self.task.patience and self.bad_evals >= self.task.patience:
             if self.ddp.master:
                 log.info(f"early stop: {self.task.score} has not improved for {self.bad_evals} evaluations "
@@ -466,6 +472,23 @@ class Run:
             raise MiniGPTError(f"{self.out_dir / name}: cannot write the checkpoint at iteration {self.iter_num} "
                                f"({err.strerror or err}); the previous one is left as it was") from None
         self.old_run.discard()  # the run --overwrite replaced is gone once the new one has a checkpoint
+
+    def save_best(self) -> None:
+        """ckpt_best: a hard link to ckpt_last when that was just written at this iteration (the same
+        bytes: a second write of a GPU-sized checkpoint costs as long as the first), else a save."""
+        if not self.ddp.master:
+            return
+        last, best = self.out_dir / LAST, self.out_dir / BEST
+        if self.iter_num > 0 and last.is_file():
+            link = best.with_name(f".{BEST}.link")
+            try:
+                link.unlink(missing_ok=True)
+                os.link(last, link)
+                os.replace(link, best)  # atomic; the next ckpt_last is a new file, so this one stays as it is
+                return
+            except OSError:  # a file system without hard links: write it
+                link.unlink(missing_ok=True)
+        self.save(BEST)
 
     # --------------------------------------------------------------------------- one optimizer step
 
@@ -498,9 +521,14 @@ class Run:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)  # batched; PyTorch loops per tensor on CPU
         self.scaler.step(self.task.optimizer)
         self.scaler.update()
-        self.task.optimizer.zero_grad(set_to_none=True)
+        # under DDP the gradients are views into its all-reduce buckets (gradient_as_bucket_view): zeroed in
+        # place they stay so, and backward writes straight into the buckets; elsewhere None frees them
+        self.task.optimizer.zero_grad(set_to_none=not self.ddp.enabled)
         self.iter_num += 1
         self.bar.update(1)
+        if not self._warm:  # compilation and first allocations are not throughput: the window starts after them
+            self._warm = True
+            self.start_window()
         self.log_step(step_loss, lr)
 
     def log_step(self, step_loss: torch.Tensor, lr: float) -> None:
@@ -519,19 +547,34 @@ class Run:
         now = time.perf_counter()
         steps, elapsed = self.iter_num - self._window_start[0], now - self._window_start[1]
         self._window_start = (self.iter_num, now)
-        rate = steps * self.task.units_per_step / elapsed
-        unit = self.task.unit
-        record = {"iter": self.iter_num, self.units_key: self.units_seen, "train_loss": loss, "lr": lr,
-                  f"{unit}_per_s": rate}
-        postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{unit}/s": f"{rate:,.0f}"}
-        if self.task.flops_per_step:
-            record["mfu"] = steps * self.task.flops_per_step / elapsed / (self.peak * self.ddp.world_size)
-            postfix["mfu"] = f"{record['mfu']:.0%}"
+        record = {"iter": self.iter_num, self.units_key: self.units_seen, "train_loss": loss, "lr": lr}
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
+        if steps == 0:  # the window holds only the first step, which compiled: no throughput to report
+            record["warmup"] = True
+        else:
+            record.update(self.throughput(steps, elapsed))
+            unit = self.task.unit
+            postfix[f"{unit}/s"] = f"{record[f'{unit}_per_s']:,.0f}"
+            if "mfu" in record:
+                postfix["mfu"] = f"{record['mfu']:.0%}"
         self.log_record(record)
         self.bar.set_postfix(postfix)
 
+    def throughput(self, steps: int, elapsed: float) -> dict[str, float]:
+        """Units per second over ``steps`` steps in ``elapsed`` seconds, and MFU: against the GPU's
+        datasheet peak where the table knows it (``mfu``, what nanoGPT and nanochat print, with
+        ``mfu_measured`` beside it), else against the matmul peak measured here (the CPU)."""
+        out = {f"{self.task.unit}_per_s": steps * self.task.units_per_step / elapsed}
+        if self.task.flops_per_step:
+            achieved = steps * self.task.flops_per_step / elapsed / self.ddp.world_size  # FLOP/s per process
+            datasheet = datasheet_peak(self.device, peak_dtype(self.device, self.dtype))
+            out["mfu"] = achieved / (datasheet or self.peak)
+            if datasheet:
+                out["mfu_measured"] = achieved / self.peak
+        return out
+
     def start_window(self) -> None:
-        """Start timing throughput from now."""
+        """Start timing throughput from now (at the start, after the first step, after each evaluation)."""
         self._window_start = (self.iter_num, time.perf_counter())
 
     # --------------------------------------------------------------------------- bookkeeping
@@ -608,9 +651,11 @@ def train_run(run: Run) -> dict:
     with StopSignal() as stop:
         run.start_window()
         while True:
-            if run.due_for_evaluation() and run.evaluate_and_checkpoint():
-                stopped_early = True
-                break
+            if run.due_for_evaluation():
+                if run.evaluate_and_checkpoint():
+                    stopped_early = True
+                    break
+                run.start_window()  # evaluation and checkpoints are not training throughput
             if run.iter_num >= cfg.max_iters:
                 break
             run.step()
