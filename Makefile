@@ -21,10 +21,12 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# prepare Tiny Shakespeare (characters) -> train the baby GPT (4x4x128, 2000 steps) -> sample
+# prepare Tiny Shakespeare (characters) -> train the baby GPT (4x4x128, 2000 steps) -> sample; runs again
+# as often as wanted (the data is prepared once, out-demo is replaced)
 demo: $(STAMP)
-	$(PY) -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
-	$(PY) train.py configs/shakespeare_char.toml --out_dir=out-demo
+	test -f data/tinyshakespeare/char/meta.json || \
+		$(PY) -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
+	$(PY) train.py configs/shakespeare_char.toml --out_dir=out-demo --overwrite
 	$(PY) sample.py --ckpt out-demo --prompt "ROMEO:" --max_new_tokens=400
 
 clean:

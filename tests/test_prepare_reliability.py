@@ -383,25 +383,32 @@ def test_a_file_size_limit_is_one_line_and_the_same_command_continues(tmp_path, 
 
 def test_ctrl_c_with_two_workers_is_one_line_and_the_same_command_continues(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the workers ignore it, the
-    preparation says 'interrupted' on one line (exit 130), no traceback from any process."""
-    for i in range(8):  # 3 MB: long enough that the signal lands before the end on a fast machine
-        write(tmp_path / "books" / f"b{i}.txt", SHAKESPEARE[i * 125_000:(i + 1) * 125_000] * 3)
-    out = tmp_path / "out"
-    args = ["--input", tmp_path / "books", "--out", out, "--shard_tokens", "2K", "--workers", "2", *GPT2]
-    proc = subprocess.Popen([sys.executable, "-m", "minigpt.data", *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "train_000003.bin").exists():  # tokenizing, in the worker processes
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err == f"interrupted: preparing {out} stopped; run the same command again to continue\n", err
-    proc = run_prepare(*args)
-    assert proc.returncode == 0, proc.stderr
-    prepare_corpus(tmp_path / "books", tmp_path / "alone", "gpt2", shard_tokens=2000, progress=False)
-    assert hashes(out) == hashes(tmp_path / "alone")
+    preparation says 'interrupted' on one line (exit 130), no traceback from any process. On a fast
+    or busy machine the preparation may finish before the signal lands: then it tries again with
+    twice the text (the signal is sent once a few shards exist)."""
+    for repeat in (3, 6, 12):
+        books, out = tmp_path / f"books{repeat}", tmp_path / f"out{repeat}"
+        for i in range(8):
+            write(books / f"b{i}.txt", SHAKESPEARE[i * 125_000:(i + 1) * 125_000] * repeat)
+        args = ["--input", books, "--out", out, "--shard_tokens", "2K", "--workers", "2", *GPT2]
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt.data", *map(str, args)], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.time() + 120
+        while not (out / "train_000003.bin").exists():  # tokenizing, in the worker processes
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:  # it had finished: nothing was interrupted
+            continue
+        assert proc.returncode == 130, err
+        assert err == f"interrupted: preparing {out} stopped; run the same command again to continue\n", err
+        proc = run_prepare(*args)
+        assert proc.returncode == 0, proc.stderr
+        prepare_corpus(books, tmp_path / "alone", "gpt2", shard_tokens=2000, progress=False)
+        assert hashes(out) == hashes(tmp_path / "alone")
+        return
+    pytest.fail("the preparation finished before Ctrl-C landed three times, with up to 12x the text")
 
 
 # ----------------------------------------------------------------------------- damaged input, workers
