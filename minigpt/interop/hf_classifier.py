@@ -25,7 +25,8 @@ from ..model.config import GPTConfig
 from ..model.heads import ClassificationHead
 from ..model.lora import plain_state_dict
 from ..model.model import GPT, GPTClassifier
-from .hf import _field, from_hf_state_dict, hf_architecture, read_hf_config, to_hf_config, to_hf_state_dict
+from .hf import (_field, from_hf_state_dict, hf_architecture, hf_model_type, read_hf_config, to_hf_config,
+                 to_hf_state_dict)
 
 SEQ_CLS = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
            "qwen2": "Qwen2ForSequenceClassification"}
@@ -189,10 +190,6 @@ def hf_classifier_tokenizer(folder: Path) -> Tokenizer:
             raise MiniGPTError(f"{folder}: vocab.json and merges.txt are not GPT-2's own BPE files; give the folder a "
                                f"tokenizer.json instead")
         return GPT2Tokenizer()
-    if hf_config_type(folder) == "gpt2":
+    if hf_model_type(read_hf_config(folder), str(folder)) == "gpt2":
         return GPT2Tokenizer()  # a GPT-2 folder without tokenizer files reads with GPT-2's (bundled) tokenizer
     raise MiniGPTError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
-
-
-def hf_config_type(folder: Path) -> str:
-    return read_hf_config(folder).get("model_type", "gpt2")
