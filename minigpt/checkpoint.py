@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -105,6 +106,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_new_folder(path: str | Path, overwrite: bool) -> Path:
+    """``path`` as a folder that ``write_folder`` may fill: not a file, and, unless ``overwrite``, not a
+    folder with something in it (checked before the work that makes its contents)."""
+    path = Path(path)
+    if path.is_file():
+        raise MiniGPTError(f"{path} is a file; a folder is written there")
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
+        raise MiniGPTError(f"{path} already exists; choose another path or pass --overwrite")
+    return path
+
+
+def write_folder(path: str | Path, overwrite: bool, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a new folder beside ``path``, then rename it into ``path``'s place: a
+    failure leaves nothing behind, and what was at ``path`` goes only once the new folder is whole."""
+    path = check_new_folder(path, overwrite)
+    output_dir(path.parent, what=f"the folder of {path.name}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private; the folder gets the usual mode
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            path.rename(old / "previous")
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint
-from .data.padding import TRUNCATIONS
+from .data.padding import LongText
 from .data.tokenizers import GPT2Tokenizer, HFTokenizer, Tokenizer, tokenizer_from_meta
 from .errors import MiniGPTError
 from .interop.hf import hf_model_type, load_hf, read_hf_config, read_hf_weights
@@ -108,13 +108,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) 
 def build_classifier(ckpt: Checkpoint, **runtime) -> GPTClassifier:
     """An untrained classifier shaped as a classification checkpoint describes (for loading its weights)."""
     ckpt.require("head", "labels", "max_length", "truncate")
-    labels, max_length, truncate = (ckpt.meta[k] for k in ("labels", "max_length", "truncate"))
+    labels = ckpt.meta["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
         raise MiniGPTError(f"{ckpt.path}: the stored labels {labels!r} are not a list of class names (damaged?)")
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-        raise MiniGPTError(f"{ckpt.path}: the stored max_length {max_length!r} is not a positive integer (damaged?)")
-    if truncate not in TRUNCATIONS:
-        raise MiniGPTError(f"{ckpt.path}: the stored truncate {truncate!r} is not one of {', '.join(TRUNCATIONS)}")
+    LongText.from_meta(ckpt.meta, str(ckpt.path))  # max_length, truncation or windows: a damaged value is an error
     backbone = GPTBackbone(model_config(ckpt, **runtime))
     model = GPTClassifier(backbone, ClassificationHead.from_spec(ckpt.meta["head"], source=str(ckpt.path)))
     lora = ckpt.meta.get("lora")

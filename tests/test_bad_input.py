@@ -30,13 +30,14 @@ from minigpt.cli import evaluate as evaluate_cli
 from minigpt.cli import plot as plot_cli
 from minigpt.cli import run_cli
 from minigpt.cli import sample as sample_cli
+from minigpt.cli import tokenizer as tokenizer_cli
 from minigpt.cli import train as train_cli
 from minigpt.data.corpus import prepare_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20_000]
 TOOLS = {"train": train_cli.main, "sample": sample_cli.main, "data": data_cli.main, "classify": classify_cli.main,
-         "evaluate": evaluate_cli.main, "plot": plot_cli.main}
+         "evaluate": evaluate_cli.main, "plot": plot_cli.main, "tokenizer": tokenizer_cli.main}
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2", "--eval_iters=1",
         "--progress=false", "--plot=false", "--device=cpu"]
 
@@ -287,6 +288,19 @@ def tokenizer_folder(tmp: Path, config_text: str | bytes) -> Path:
     return tmp / "tok"
 
 
+def trained_tokenizer(ws: Path, tmp: Path) -> Path:
+    """tmp/tok: a byte-level BPE of 300 tokens trained on the workspace's text."""
+    assert run_cli(tokenizer_cli.main, ["--input", str(ws / "input.txt"), "--vocab_size", "300", "--out",
+                                        str(tmp / "tok"), "--no_progress"]) == 0
+    return tmp / "tok"
+
+
+def bpe_data(ws: Path, tmp: Path) -> Path:
+    """tmp/bpe: the workspace's text prepared with ``trained_tokenizer``."""
+    prepare_corpus(ws / "input.txt", tmp / "bpe", str(trained_tokenizer(ws, tmp)), progress=False)
+    return tmp / "bpe"
+
+
 CASES = [
     # --- train.py: keys and values
     ("unknown-key", "train", lambda ws, t: lm_args(ws, t, "--n_layers=3"), "unknown key 'n_layers'; did you mean 'n_layer'"),
@@ -354,6 +368,7 @@ CASES = [
     ("init-from-missing", "train", lambda ws, t: lm_args(ws, t, f"--init_from={t / 'nope'}"), "checkpoint not found: "),
     ("init-from-classifier", "train", lambda ws, t: lm_args(ws, t, f"--init_from={ws / 'clf'}"), "is a classifier checkpoint, not a language model"),
     ("init-from-other-tokenizer", "train", lambda ws, t: lm_args(ws, t, f"--init_from={ws / 'hf'}"), "uses a gpt2 tokenizer that differs from the one"),
+    ("init-from-on-trained-tokenizer", "train", lambda ws, t: lm_args(ws, t, f"--init_from={ws / 'lm'}", f"--data_dir={bpe_data(ws, t)}"), "uses a char tokenizer that differs from the one"),
     ("init-from-empty-folder", "train", lambda ws, t: lm_args(ws, t, f"--init_from={ws / 'folder'}"), "holds no minigpt checkpoint"),
     ("ckpt-meta-not-json", "train", lambda ws, t: lm_args(ws, t, f"--init_from={damaged_checkpoint(ws, t, lambda m: m[:-5])}"), "the 'minigpt' metadata is not valid JSON"),
     ("ckpt-truncated", "train", lambda ws, t: lm_args(ws, t, f"--init_from={damaged_checkpoint(ws, t, cut=True)}"), "is not a readable safetensors file (truncated or corrupt?)"),
@@ -373,8 +388,13 @@ CASES = [
     ("pooling", "train", lambda ws, t: clf_args(ws, t, "--pooling=max"), "pooling must be one of last, mean, first; got 'max'"),
     ("metric", "train", lambda ws, t: clf_args(ws, t, "--metric=auc"), "metric must be one of"),
     ("balance", "train", lambda ws, t: clf_args(ws, t, "--balance=smote"), "balance must be one of"),
-    ("truncate", "train", lambda ws, t: clf_args(ws, t, "--truncate=middle"), "truncate must be one of head, tail; got 'middle'"),
-    ("tokenizer", "train", lambda ws, t: clf_args(ws, t, "--tokenizer=bpe"), "tokenizer must be one of char, gpt2; got 'bpe'"),
+    ("truncate", "train", lambda ws, t: clf_args(ws, t, "--truncate=middle"), "truncate must be one of head, tail, head_tail; got 'middle'"),
+    ("window-stride-0", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows", "--window_stride=0"), "window_stride must be at least 1, got 0"),
+    ("window-stride-window", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows", "--max_length=8", "--window_stride=8"), "window_stride=8 must be from 1 to 7: windows of max_length=8 tokens must overlap or touch"),
+    ("window-stride-block", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows"), "window_stride=128 must be from 1 to 15"),
+    ("head-tail-too-long", "train", lambda ws, t: clf_args(ws, t, "--truncate=head_tail", "--max_length=8", "--head_tokens=8"), "head_tokens=8 must be from 1 to 7: the head is part of max_length=8"),
+    ("tokenizer", "train", lambda ws, t: clf_args(ws, t, "--tokenizer=bpe"), "tokenizer must be one of char, gpt2, or the path of a tokenizer folder or tokenizer.json; got 'bpe' (no such file or folder)"),
+    ("clf-tokenizer-not-init-from", "train", lambda ws, t: clf_args(ws, t, f"--init_from={ws / 'lm'}", f"--tokenizer={trained_tokenizer(ws, t)}"), "is not the tokenizer of init_from"),
     ("format", "train", lambda ws, t: clf_args(ws, t, "--format=xml"), "format must be one of auto, csv, tsv, jsonl; got 'xml'"),
     ("epochs-negative", "train", lambda ws, t: clf_args(ws, t, "--epochs=-1"), "epochs must be at least 0, got -1.0"),
     ("max-length-above-block", "train", lambda ws, t: clf_args(ws, t, "--max_length=512"), "max_length 512 exceeds the backbone's block_size 16"),
@@ -446,6 +466,15 @@ CASES = [
     ("data-shard-tokens", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--shard_tokens", "lots"], "expected a number of tokens like 100M, got 'lots'"),
     ("data-workers-0", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--workers", "0"], "--workers must be at least 1"),
     ("data-no-out", "data", lambda ws, t: ["--input", str(ws / "input.txt")], "the following arguments are required: --out"),
+    # --- python -m minigpt.tokenizer
+    ("tokenizer-empty-corpus", "tokenizer", lambda ws, t: ["--input", str(ws / "empty.txt"), "--out", str(t / "tok")], "empty.txt: the corpus is empty"),
+    ("tokenizer-vocab-too-small", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--vocab_size", "257", "--out", str(t / "tok")], "vocab_size must be at least 258 (the 256 bytes and 2 special tokens"),
+    ("tokenizer-out-exists", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(copy(ws, "char", t))], "already exists; choose another path or pass --overwrite"),
+    ("tokenizer-out-is-file", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(write(t / "f", "x"))], "is a file; a folder is written there"),
+    ("tokenizer-special-twice", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--pad_token", "<|endoftext|>", "--out", str(t / "tok")], "special token '<|endoftext|>' is given twice"),
+    ("tokenizer-no-input", "tokenizer", lambda ws, t: ["--out", str(t / "tok")], "give --input PATH ..., --texts_of CONFIG, or both"),
+    ("tokenizer-jsonl-bad-line", "tokenizer", lambda ws, t: ["--input", str(write(t / "w.jsonl", '{"text": "a"}' + chr(10) + "{oops" + chr(10))), "--out", str(t / "tok")], "w.jsonl:2: not valid JSON"),
+    ("tokenizer-texts-of-pretraining", "tokenizer", lambda ws, t: ["--texts_of", str(ws / "lm.toml"), "--out", str(t / "tok")], "lm.toml: not a classification config"),
     # --- python -m minigpt.classify
     ("classify-language-model", "classify", lambda ws, t: ["--ckpt", str(ws / "lm"), "good"], "is a language-model checkpoint, not a classifier"),
     ("classify-hf-folder", "classify", lambda ws, t: ["--ckpt", str(ws / "hf"), "good"], "is a Hugging Face language model, not a classifier"),

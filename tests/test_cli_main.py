@@ -14,7 +14,8 @@ from minigpt.cli.main import COMMANDS, main
 REPO = Path(__file__).resolve().parents[1]
 OLD_NAMES = {"train": "python train.py", "sample": "python sample.py", "data": "python -m minigpt.data",
              "classify": "python -m minigpt.classify", "evaluate": "python -m minigpt.evaluate",
-             "plot": "python -m minigpt.plot", "export": "python -m minigpt.export"}
+             "plot": "python -m minigpt.plot", "export": "python -m minigpt.export",
+             "tokenizer": "python -m minigpt.tokenizer"}
 
 
 def help_text(capsys, fn, argv) -> str:

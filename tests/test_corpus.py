@@ -306,8 +306,8 @@ def test_training_texts_of_a_classification_config_become_a_corpus(tmp_path):
     assert sorted(corpus_text.splitlines()) == sorted(train.texts)
     assert not set(corpus_text.splitlines()) & set(val.texts + test.texts)
     assert tok.decode(tok.encode("review 7 好!")) == "review 7 好\ufffd"  # '!' was never seen
-    proc = run_prepare("--input", str(config), "--texts_of", str(config), "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    proc = run_prepare("--out", str(tmp_path / "x"))  # --input and --texts_of combine (test_tokenizer_training.py)
+    assert proc.returncode == 2 and "give --input PATH ..., --texts_of CONFIG, or both" in proc.stderr
     pretraining = write(tmp_path / "p.toml", 'data_dir = "x"\n')
     proc = run_prepare("--texts_of", str(pretraining), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "p.toml: not a classification config" in proc.stderr

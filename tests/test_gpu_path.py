@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import minigpt.device as device_module
 from minigpt import GPT, GPTConfig
 from minigpt.checkpoint import load_checkpoint, load_weights, model_tensors, save_checkpoint
+from minigpt.data.padding import LongText
 from minigpt.device import configure_matmul_precision, process_group_backend, resolve_dtype
 from minigpt.infer.generate import generate, stream
 from minigpt.interop.hf import to_hf_state_dict
@@ -366,11 +367,12 @@ def test_a_classification_batch_is_one_copy_to_the_device():
             return out
 
     texts = ["a b", "abc abc", "b"]
-    data = EncodedTexts(LabelledText(texts, ["x", "y", "x"], "t"), CharTokenizer.from_text("abc "), ["x", "y"], 8)
-    ids, mask, labels = data.batch([0, 1, 2], torch.device("cpu"))
+    data = EncodedTexts(LabelledText(texts, ["x", "y", "x"], "t"), CharTokenizer.from_text("abc "), ["x", "y"],
+                        LongText(8))
+    ids, mask, labels, text = data.batch([0, 1, 2], torch.device("cpu"))
     with Copies() as copies:
         on_meta = data.batch([0, 1, 2], torch.device("meta"))
-    assert copies.to_meta == 1 and [t.shape for t in on_meta] == [ids.shape, mask.shape, labels.shape]
+    assert copies.to_meta == 1 and [t.shape for t in on_meta] == [ids.shape, mask.shape, labels.shape, text.shape]
     assert ids.tolist()[1] == CharTokenizer.from_text("abc ").encode("abc abc") and mask.tolist()[2][1:] == [0] * 6
     assert labels.tolist() == [0, 1, 0]
 

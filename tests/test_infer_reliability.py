@@ -89,8 +89,9 @@ def test_a_classifier_checkpoint_is_checked_too(tmp_path):
         load_classifier(classifier_checkpoint(tmp_path / "small", 4, tok))
     assert load_classifier(classifier_checkpoint(tmp_path / "good", 7, tok))[2]["labels"] == ["x", "y"]
     for change, message in ((dict(labels="xy"), "the stored labels 'xy' are not a list of class names"),
-                            (dict(max_length="16"), "the stored max_length '16' is not a positive integer"),
-                            (dict(truncate="middle"), "the stored truncate 'middle' is not one of head, tail")):
+                            (dict(max_length="16"), r"safetensors: max_length must be a positive number of tokens, got '16'"),
+                            (dict(truncate="middle"), r"safetensors: truncate must be one of head, tail, head_tail; got 'middle'"),
+                            (dict(long_text="windows", window_stride=16), r"safetensors: window_stride=16 must be from 1 to 15")):
         with pytest.raises(MiniGPTError, match=message):
             load_classifier(classifier_checkpoint(tmp_path / next(iter(change)), 7, tok, **change))
 

@@ -8,7 +8,7 @@ import torch
 
 from minigpt import MiniGPTError
 from minigpt.data.labelled import EncodedTexts, LabelledText, class_weights, label_map, read_labelled, stratified_split
-from minigpt.data.padding import pad, truncate
+from minigpt.data.padding import LongText, pad, truncate
 from minigpt.data.tokenizers import CharTokenizer
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -66,14 +66,14 @@ def test_pad_and_truncate_head_or_tail():
     assert ids.tolist() == [[3, 4, 5]]
     ids, mask = pad([[1, 2, 3], [6]], side="left")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 6]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    with pytest.raises(MiniGPTError, match="truncate must be one of head, tail"):
+    with pytest.raises(MiniGPTError, match="truncate must be one of head, tail, head_tail"):
         truncate([[1]], 1, keep="middle")
 
 
 def test_long_texts_are_truncated_to_max_length_and_counted():
     data = LabelledText(["a" * 100, "b" * 3], ["x", "y"], "mem", [1, 2])
-    enc = EncodedTexts(data, CharTokenizer(["a", "b"]), ["x", "y"], max_length=10, keep="tail")
-    ids, mask, labels = enc.batch([0, 1], torch.device("cpu"))
+    enc = EncodedTexts(data, CharTokenizer(["a", "b"]), ["x", "y"], LongText(10, "tail"))
+    ids, mask, labels, _ = enc.batch([0, 1], torch.device("cpu"))
     assert enc.n_truncated == 1 and ids.shape == (2, 10) and mask.sum().item() == 13 and labels.tolist() == [0, 1]
 
 
@@ -104,10 +104,10 @@ def test_several_text_columns_are_joined_and_pairs_get_the_end_of_text_token(tmp
 
     tok = GPT2Tokenizer()
     pairs = read_labelled(path, "title,description", "label", separator=EOT_TEXT)
-    encoded = EncodedTexts(pairs, tok, ["sport", "weather"], max_length=32)
+    encoded = EncodedTexts(pairs, tok, ["sport", "weather"], LongText(32))
     assert encoded.ids[0] == tok.encode("Rain") + [tok.eot_token] + tok.encode("Wet week ahead")
     with pytest.raises(MiniGPTError, match="needs a tokenizer with an end-of-text token"):
-        EncodedTexts(pairs, CharTokenizer.from_text("RainWetweekaheadGoalLatewinner "), ["sport", "weather"], 32)
+        EncodedTexts(pairs, CharTokenizer.from_text("RainWetweekaheadGoalLatewinner "), ["sport", "weather"], LongText(32))
 
 
 def test_skipped_rows_are_counted_aloud(tmp_path, caplog):

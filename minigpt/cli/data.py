@@ -10,7 +10,7 @@ from ..checkpoint import output_dir
 from ..data.corpus import prepare_corpus
 from ..data.tokenizers import TOKENIZER_KINDS
 from ..errors import MiniGPTError
-from ..train.classify import training_documents
+from ..train.classify import pretraining_texts
 from . import ArgumentParser
 
 EPILOG = """examples:
@@ -18,6 +18,9 @@ EPILOG = """examples:
   python -m minigpt.data --input books/ --tokenizer gpt2 --out data/books
   python -m minigpt.data --input 'fineweb/sample/10BT/*.parquet' --tokenizer gpt2 --val_tokens 10000000 --out data/fineweb
   python -m minigpt.data --input openwebtext.jsonl.gz --text_field text --tokenizer gpt2 --out data/owt
+  python -m minigpt.tokenizer --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml --out out-imdb-tokenizer
+  python -m minigpt.data --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \
+      --tokenizer out-imdb-tokenizer --out data/imdb/lm   # in-domain LM corpus: no val/test review in it
 
 Run again after an interruption (Ctrl-C, a crash, SIGKILL, a full disk) with the same command: it
 continues where it stopped and ends with the same files as an uninterrupted run. --overwrite leaves the
@@ -45,16 +48,18 @@ def parser() -> ArgumentParser:
                     "(one a row; needs pip install 'minigpt[data]'). Nothing is downloaded; the corpus is read as a "
                     "stream, in bounded memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PATH",
-                        help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
-    source.add_argument("--texts_of", metavar="CONFIG",
-                        help="the training texts (labels dropped, one document each) of a classification config: "
-                             "in-domain text for continued pretraining (python train.py ... --init_from=...)")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
+    p.add_argument("--texts_of", metavar="CONFIG",
+                   help="the training texts (labels dropped, one document each) of a classification config, after "
+                        "those of --input if given: in-domain text for pretraining before fine-tuning on that split. "
+                        "Its val and test texts are left out wherever they occur, --input included (at least one of "
+                        "--input and --texts_of is needed)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="char", metavar="|".join(TOKENIZER_KINDS) + "|PATH",
                    help="char (the corpus's characters; the default), gpt2 (GPT-2's BPE, bundled), or the path of a "
-                        "Hugging Face folder or tokenizer.json (SmolLM, Qwen2, Llama 3, ...) for a model to continue")
+                        "Hugging Face folder or tokenizer.json: one trained by python -m minigpt.tokenizer, or a model's "
+                        "(SmolLM, Qwen2, Llama 3, ...) to continue")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of the documents held out for "
                        "validation (default 0.1)")
@@ -76,6 +81,8 @@ def parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.input is None and args.texts_of is None:
+        p.error("give --input PATH ..., --texts_of CONFIG, or both")
     if args.char_unknown is not None and (len(args.char_unknown) != 1 or args.tokenizer != "char"):
         p.error("--char_unknown takes one character, with --tokenizer char")
     if args.workers < 1:
@@ -84,11 +91,11 @@ def main(argv: list[str]) -> int:
         raise MiniGPTError(f"--seed must be in [0, 2**64), got {args.seed}")
     try:
         output_dir(args.out, "--out")
-        docs = training_documents(args.texts_of) if args.texts_of else None
+        docs, held_out = pretraining_texts(args.texts_of) if args.texts_of else (None, None)
         meta = prepare_corpus(args.input or [], args.out, args.tokenizer, args.val_fraction, args.char_vocab_from,
                               args.seed, progress=not args.no_progress, char_unknown=args.char_unknown, documents=docs,
                               workers=args.workers, shard_tokens=args.shard_tokens, text_field=args.text_field,
-                              val_tokens=args.val_tokens, overwrite=args.overwrite)
+                              val_tokens=args.val_tokens, overwrite=args.overwrite, exclude=held_out)
     except KeyboardInterrupt:  # what is finished is on disk, and the journal says how far
         print(f"interrupted: preparing {args.out} stopped; run the same command again to continue", file=sys.stderr)
         return 130
@@ -98,5 +105,7 @@ def main(argv: list[str]) -> int:
           f"tokens in {len(val['shards'])} ({train['documents']:,} + {val['documents']:,} documents); vocabulary "
           f"{meta['vocab_size']:,} ({meta['tokenizer']['kind']}), {meta['dtype']}; {read / 1e6:,.1f} MB of text in "
           f"{meta['elapsed_s']:.1f} s ({read / 1e6 / max(meta['elapsed_s'], 1e-9):.1f} MB/s, "
-          f"{(train['tokens'] + val['tokens']) / max(meta['elapsed_s'], 1e-9):,.0f} tokens/s)")
+          f"{(train['tokens'] + val['tokens']) / max(meta['elapsed_s'], 1e-9):,.0f} tokens/s)"
+          + (f"; {meta['excluded_documents']:,} document(s) left out: each the text of a val or test example of "
+             f"{args.texts_of}" if meta.get("excluded_documents") else ""))
     return 0

@@ -5,12 +5,11 @@ so a failure leaves nothing behind and ``--overwrite`` loses the old output only
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
-from ..checkpoint import atomic_path, output_dir
-from ..errors import MiniGPTError
+from ..checkpoint import atomic_path, check_new_folder, write_folder
+from ..errors import MiniGPTError, MiniGPTWarning
 from ..interop.hf_classifier import save_hf_classifier
 from ..interop.onnx_export import save_onnx
 from ..interop.peft_adapter import save_peft_adapter
@@ -23,31 +22,22 @@ FORMATS = {"hf": "a Hugging Face folder (AutoModelForSequenceClassification, pip
            "onnx": "one .onnx file (inputs input_ids and attention_mask, output logits) for onnxruntime"}
 
 
-def _check_target(path: Path, overwrite: bool, folder: bool) -> None:
-    if folder and path.is_file():
-        raise MiniGPTError(f"{path} is a file; this export writes a folder there")
-    if not folder and path.is_dir():
+def _check_file_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
         raise MiniGPTError(f"{path} is a folder; the ONNX export writes one file (name it, e.g. model.onnx)")
-    if path.exists() and not (folder and path.is_dir() and not any(path.iterdir())) and not overwrite:
+    if path.exists() and not overwrite:
         raise MiniGPTError(f"{path} already exists; choose another path or pass --overwrite")
 
 
-def write_folder(path: Path, overwrite: bool, write) -> None:
-    """Run ``write(tmp)`` into a new folder beside ``path``, then put it in ``path``'s place."""
-    _check_target(path, overwrite, folder=True)
-    output_dir(path.parent, what=f"the folder of {path.name}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        write(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            path.rename(old / "previous")
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def warn_long_text(meta: dict, to: str) -> None:
+    """transformers and ONNX read one piece of max_length tokens: say so when the classifier reads more."""
+    how = ("in windows" if meta.get("long_text") == "windows" else
+           "as its head and tail" if meta.get("truncate") == "head_tail" else None)
+    if how is not None:
+        cut = "cut to the first max_length tokens by its tokenizer" if to != "onnx" else "cut by the caller"
+        warnings.warn(f"this classifier reads a text longer than {meta['max_length']} tokens {how}; the {to} export "
+                      f"reads one piece ({cut}), so such texts may get other logits (minigpt reads the rule back from "
+                      f"the folder's config)", MiniGPTWarning, stacklevel=2)
 
 
 def main(argv: list[str]) -> int:
@@ -61,13 +51,16 @@ def main(argv: list[str]) -> int:
     path = Path(args.path)
 
     if args.to == "onnx":
-        _check_target(path, args.overwrite, folder=False)
+        _check_file_target(path, args.overwrite)
         model, _, meta = load_classifier(args.ckpt, attn_backend="manual")  # plain tensor ops: what ONNX expresses
+        warn_long_text(meta, args.to)
         with atomic_path(path) as tmp:
             save_onnx(model, tmp, meta["max_length"])
         print(f"wrote {path} (ONNX: input_ids, attention_mask -> logits over {meta['labels']})")
         return 0
+    check_new_folder(path, args.overwrite)
     model, tok, meta = load_classifier(args.ckpt, merge=args.to != "peft")
+    warn_long_text(meta, args.to)
     if args.to == "hf":
         write_folder(path, args.overwrite, lambda tmp: save_hf_classifier(model, tok, meta, tmp))
         print(f"wrote {path} (transformers: AutoModelForSequenceClassification.from_pretrained or pipeline)")

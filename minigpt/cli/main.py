@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (module with main(argv), what it does)
     "train": ("minigpt.cli.train", "pretrain a GPT or fine-tune a classifier from a TOML config (= python train.py)"),
     "sample": ("minigpt.cli.sample", "generate text from a checkpoint or a Hugging Face folder (= python sample.py)"),
     "data": ("minigpt.cli.data", "prepare a corpus (text, folders, jsonl, parquet) as token shards"),
+    "tokenizer": ("minigpt.cli.tokenizer", "train a byte-level BPE tokenizer (tokenizer.json) on a corpus"),
     "classify": ("minigpt.cli.classify", "label texts with a fine-tuned classifier"),
     "evaluate": ("minigpt.cli.evaluate", "loss, perplexity and bits per byte of a language model on a text"),
     "plot": ("minigpt.cli.plot", "draw OUT_DIR/loss.png from OUT_DIR/metrics.jsonl"),

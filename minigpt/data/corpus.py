@@ -13,12 +13,17 @@ writes fixed-size shards in llm.c's layout (``shards.py``) with a ``meta.json`` 
   output is the same byte for byte for any number of workers.
 - **Documents** begin with the tokenizer's beginning-of-text token, or else its end-of-text token
   (GPT-2's ``<|endoftext|>``, as in llm.c's FineWeb shards), so a window may start at a document
-  (``bos_aligned`` in the loader).
+  (``bos_aligned`` in the loader). Documents held in memory (a classification config's training
+  texts) come after the files, as records of a source of their own named ``documents``, split and
+  ordered like JSONL lines. A record whose text is excluded (``exclude``: that classifier's val and
+  test texts, which the same review elsewhere would leak) is left out and counted.
 - **Resumable.** A journal (``.prepare.json``) records, every few tens of megabytes and at each
   finished shard, how far the output is complete, with each finished shard's size and sha256; run
   again after an interruption (even SIGKILL), preparation checks those shards and continues from
-  there, ending byte-identical to an uninterrupted run. A shard deleted or changed in between is an
-  error naming it (its tokens cannot be recovered without starting afresh).
+  there, ending byte-identical to an uninterrupted run. It continues only the same preparation: the
+  journal's fingerprint holds the options, each file's size and time, and the sha256 of the
+  documents held in memory, of the texts excluded and of the tokenizer. A shard deleted or changed in between is an error
+  naming it (its tokens cannot be recovered without starting afresh).
 - **Safe to overwrite.** One preparation at a time holds the output folder (``locks.hold_lock``).
   ``overwrite`` over data already there prepares into ``.staging/`` inside the folder and moves the
   new files in only once they are complete, so a preparation that fails leaves the old data as it
@@ -30,6 +35,7 @@ The command line is ``python -m minigpt.data`` (``minigpt/cli/data.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -50,7 +56,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -84,6 +90,12 @@ class Plan:
     val_probability: float  # for records
     file_split: dict[int, str]  # source index -> split, for whole-file documents
     text_field: str
+    excluded: frozenset[bytes] = frozenset()  # text_key of the records left out (held-out texts of a classifier)
+
+
+def text_key(text: str) -> bytes:
+    """What identifies a record's text for ``exclude``: a hash of it without surrounding whitespace."""
+    return hashlib.blake2b(text.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 # ----------------------------------------------------------------------------- the split
@@ -137,11 +149,16 @@ def line_cut(source: Source, val_fraction: float) -> int:
 # ----------------------------------------------------------------------------- work units
 
 
-def units(plan: Plan, single_cut: int | None) -> Iterator[tuple[Unit, str | None]]:
-    """(unit, split of its document or None for records) for the whole corpus, in order."""
+def units(plan: Plan, single_cut: int | None, memory: Sequence[Unit] = ()) -> Iterator[tuple[Unit, str | None]]:
+    """(unit, split of its document or None for records) for the whole corpus, in order; ``memory``:
+    the units of the source of kind ``documents`` (``memory_units``)."""
     index = 0
     for i, source in enumerate(plan.sources):
-        if source.kind == "txt":
+        if source.kind == "documents":
+            for unit in memory:
+                yield dataclasses.replace(unit, index=index), None
+                index += 1
+        elif source.kind == "txt":
             ranges = [(0, single_cut, "train"), (single_cut, source.size, "val")] if single_cut is not None \
                 else [(0, source.size, plan.file_split[i])]
             for begin, end, split in ranges:
@@ -162,16 +179,28 @@ def units(plan: Plan, single_cut: int | None) -> Iterator[tuple[Unit, str | None
                 index += 1
 
 
-def memory_units(documents: list[tuple[str, str]]) -> tuple[Source, list[Unit]]:
-    """In-memory documents (e.g. a classification config's training texts) as JSONL units."""
-    lines = [json.dumps({"text": text}, ensure_ascii=False) for _, text in documents]
-    source = Source(Path("<documents>"), "documents", "jsonl", sum(len(line.encode()) + 1 for line in lines))
+def memory_units(documents: list[tuple[str, str]], source_index: int, text_field: str) -> tuple[Source, list[Unit]]:
+    """In-memory documents (e.g. a classification config's training texts) as the JSONL units, each
+    text under ``text_field``, of a source of kind ``documents`` at ``source_index``."""
+    lines = [json.dumps({text_field: text}, ensure_ascii=False) for _, text in documents]
+    source = Source(Path("<documents>"), "documents", "documents", sum(len(line.encode()) + 1 for line in lines))
     chunk, out, offset = 4096, [], 0
     for k in range(0, len(lines), chunk):
         data = ("\n".join(lines[k:k + chunk]) + "\n").encode()
-        out.append(Unit(len(out), 0, offset, offset + len(data), k + 1, data))
+        out.append(Unit(len(out), source_index, offset, offset + len(data), k + 1, data))
         offset += len(data)
     return source, out
+
+
+def corpus_sources(inputs: str | Path | Sequence[str | Path], documents: list[tuple[str, str]] | None,
+                   text_field: str) -> tuple[list[Source], list[Unit]]:
+    """The sources of a corpus, the files of ``inputs`` then (if given) the in-memory ``documents``,
+    and the units of the latter."""
+    sources = find_sources([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    if documents is None:
+        return sources, []
+    source, memory = memory_units(documents, len(sources), text_field)
+    return [*sources, source], memory
 
 
 # ----------------------------------------------------------------------------- workers
@@ -196,9 +225,11 @@ def _exit_with(sentinel: int) -> None:
     os._exit(1)
 
 
-def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str, str, bool, object]]:
+def _documents(plan: Plan, unit: Unit, split: str | None,
+               left_out: list[str] | None = None) -> Iterator[tuple[str, str, bool, object]]:
     """(split, text, begins a document, where) for the pieces of a unit; ``where(position)`` names
-    the file and line of a character in the text."""
+    the file and line of a character in the text. A record whose text is one of ``plan.excluded`` is
+    skipped (and appended to ``left_out``)."""
     source = plan.sources[unit.source]
     if split is not None:  # a stretch of a text file
         text, begin = unit_text(source, unit)
@@ -206,6 +237,10 @@ def _documents(plan: Plan, unit: Unit, split: str | None) -> Iterator[tuple[str,
             lambda pos: f"{source.path}:{line_number(source.path, begin + len(text[:pos].encode()))}"
         return
     for key, text, where in unit_records(source, unit, plan.text_field):
+        if plan.excluded and text_key(text) in plan.excluded:
+            if left_out is not None:
+                left_out.append(key)
+            continue
         yield ("val" if draw(plan.seed, key) < plan.val_probability else "train"), text, True, lambda pos, w=where: w()
 
 
@@ -217,8 +252,9 @@ def _tokenize(job: tuple[Unit, str | None]) -> dict:
     first = document_start(tok)
     lead = np.array([first], dtype=dtype) if first is not None else None  # put before each document
     out = {name: {"ids": [], "documents": 0, "bytes": 0, "nonblank": 0} for name in SPLITS}
+    left_out: list[str] = []
     try:
-        for name, text, starts, where in _documents(_worker["plan"], unit, split):
+        for name, text, starts, where in _documents(_worker["plan"], unit, split, left_out):
             part = out[name]
             if starts and lead is not None:
                 part["ids"].append(lead)
@@ -234,7 +270,7 @@ def _tokenize(job: tuple[Unit, str | None]) -> dict:
         return {"error": str(err)}
     for part in out.values():  # in the shards' dtype: a quarter of int64's bytes to send back
         part["ids"] = np.concatenate(part["ids"]).astype(dtype, copy=False) if part["ids"] else np.zeros(0, dtype)
-    return out
+    return {**out, "excluded": len(left_out)}
 
 
 def _characters(job: tuple[Unit, str | None]) -> dict:
@@ -349,6 +385,7 @@ def prepare_corpus(
     text_field: str = "text",
     val_tokens: int | None = None,
     overwrite: bool = False,
+    exclude: Iterable[str] | None = None,
 ) -> dict:
     """Tokenise a corpus into ``out_dir``: ``train_*.bin`` / ``val_*.bin`` shards and ``meta.json``,
     which it returns. See the module docstring for the split, the order, resuming and ``overwrite``.
@@ -356,9 +393,12 @@ def prepare_corpus(
     tokenizer: "char" (vocabulary from the corpus, or from ``char_vocab_from``, a meta.json whose
     vocabulary must then cover every character), "gpt2", or the path of a Hugging Face folder or
     tokenizer.json. ``char_unknown``: a character added to a vocabulary built from the corpus to
-    stand, later, for any character the corpus lacks. ``documents``: (name, text) documents to use
-    instead of reading ``inputs`` (then only a label). One preparation at a time holds ``out_dir``;
-    a second one is a ``MiniGPTError`` naming the first one's pid.
+    stand, later, for any character the corpus lacks. ``documents``: (name, text) documents held in
+    memory, prepared after those of ``inputs`` (which may then be empty). ``exclude``: texts that no
+    record may be (a classifier's val and test texts): a JSONL line, parquet row or document whose
+    text equals one, up to surrounding whitespace, is left out (counted in ``excluded_documents``).
+    One preparation at a time holds ``out_dir``; a second one is a ``MiniGPTError`` naming the first
+    one's pid.
     """
     started = time.perf_counter()
     if not 0 < val_fraction < 1:
@@ -369,17 +409,15 @@ def prepare_corpus(
         raise MiniGPTError(f"seed must be in [0, 2**64), got {seed}")
     if val_tokens is not None and val_tokens < 1:
         raise MiniGPTError(f"val_tokens must be at least 1, got {val_tokens}")
-    if documents is not None:
-        source, memory = memory_units(documents)
-        sources = [source]
-    else:
-        sources = find_sources([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-        memory = None
+    sources, memory = corpus_sources(inputs, documents, text_field)
+    if not sources:
+        raise MiniGPTError("nothing to prepare: no input files and no documents")
     out = output_dir(out_dir, "--out")
-    if memory is None:
-        _refuse_outputs_as_inputs(out, sources)
+    _refuse_outputs_as_inputs(out, [s for s in sources if s.kind != "documents"])
+    excluded = frozenset(map(text_key, exclude or ()))
     fingerprint = {
-        "inputs": [[str(s.path), s.name, s.kind, s.size] + ([s.path.stat().st_mtime_ns] if memory is None else [])
+        "excluded": hashlib.sha256(b"".join(sorted(excluded))).hexdigest() if excluded else None,
+        "inputs": [[str(s.path), s.name, s.kind, s.size] + ([s.path.stat().st_mtime_ns] if s.kind != "documents" else [])
                    for s in sources],
         "documents": hashlib.sha256(json.dumps(documents).encode()).hexdigest() if documents is not None else None,
         "tokenizer": tokenizer, "char_vocab_from": str(char_vocab_from) if char_vocab_from else None,
@@ -390,12 +428,18 @@ def prepare_corpus(
 
     # What can be checked before the folder is touched: the tokenizer, the estimate of --val_tokens
     given_tokenizer = _given_tokenizer(tokenizer, char_vocab_from)  # None: the corpus's characters, collected below
-    single = len(sources) == 1 and sources[0].kind == "txt" and memory is None
+    fingerprint["tokenizer_meta"] = hashlib.sha256(json.dumps(given_tokenizer, sort_keys=True).encode()).hexdigest() \
+        if given_tokenizer is not None else None  # a tokenizer.json (or vocabulary) changed in between is other input
+    single = len(sources) == 1 and sources[0].kind == "txt"
     if val_tokens is not None:
         val_fraction = _fraction_for(val_tokens, sources, memory, text_field, given_tokenizer, seed)
-    plan = Plan(sources, seed, val_fraction, {} if single else split_files(sources, val_fraction, seed), text_field)
+    plan = Plan(sources, seed, val_fraction, {} if single else split_files(sources, val_fraction, seed), text_field,
+                excluded)
     cut = line_cut(sources[0], val_fraction) if single else None
-    jobs = (lambda: ((u, None) for u in memory)) if memory is not None else (lambda: units(plan, cut))
+
+    def jobs() -> Iterator[tuple[Unit, str | None]]:
+        return units(plan, cut, memory)
+
     total_bytes = sum(s.size * (GZIP_RATIO if s.kind == "jsonl.gz" else 1) for s in sources)  # for the progress bar
 
     with hold_lock(out, "data preparation"):
@@ -432,13 +476,14 @@ def prepare_corpus(
         progress_state = journal["splits"]
         counts = {name: {k: progress_state[name][k] for k in ("documents", "bytes", "nonblank")} for name in SPLITS}
         next_unit, read_bytes = journal.get("next_unit", 0), journal.get("input_bytes", 0)
+        left_out = journal.get("excluded", 0)
 
         def save_journal(unit_index: int) -> None:
             for name, w in writers.items():
                 w.sync()
                 progress_state[name] = {"done": list(w.done), "partial_tokens": w.count,
                                         "partial_sha256": w.partial_sha256, **counts[name]}
-            journal.update(next_unit=unit_index, input_bytes=read_bytes)
+            journal.update(next_unit=unit_index, input_bytes=read_bytes, excluded=left_out)
             _write_json(folder / JOURNAL, journal)
 
         save_journal(next_unit)  # from here on, whatever happens, the same command continues
@@ -454,6 +499,7 @@ def prepare_corpus(
                         counts[name][key] += result[name][key]
                 size = _unit_bytes(unit, sources)
                 read_bytes, since_journal = read_bytes + size, since_journal + size
+                left_out += result["excluded"]
                 bar.update(size)
                 written = writers["train"].tokens + writers["val"].tokens
                 bar.set_postfix(tokens=f"{written:,}",
@@ -463,8 +509,8 @@ def prepare_corpus(
                     save_journal(unit.index + 1)
                     since_journal, shards_before = 0, finished
         shards = {name: w.close() for name, w in writers.items()}
-        meta = _finish(folder, shards, counts, tok, dtype, sources, memory is not None, plan, val_fraction, val_tokens,
-                       seed, shard_tokens, text_field, keep_journal=folder != out)
+        meta = _finish(folder, shards, counts, tok, dtype, sources, plan, val_fraction, val_tokens,
+                       seed, shard_tokens, text_field, left_out, keep_journal=folder != out)
         if folder != out:
             _replace(out, folder)
     return {**meta, "elapsed_s": time.perf_counter() - started}
@@ -690,7 +736,7 @@ def _vocabulary(plan: Plan, jobs, workers: int, unknown: str | None, progress: b
 SAMPLE_BYTES = 1 << 20  # text read to estimate the tokens per byte of a corpus (from its first units)
 
 
-def _fraction_for(val_tokens: int, sources: list[Source], memory, text_field: str, tok_meta: dict | None,
+def _fraction_for(val_tokens: int, sources: list[Source], memory: list[Unit], text_field: str, tok_meta: dict | None,
                   seed: int) -> float:
     """The val fraction that gives about ``val_tokens`` tokens: their share of the corpus's tokens,
     estimated from its size and the tokens per byte of its first megabyte or so, counted with the
@@ -700,7 +746,7 @@ def _fraction_for(val_tokens: int, sources: list[Source], memory, text_field: st
     tok = tokenizer_from_meta(tok_meta) if tok_meta is not None and tok_meta.get("kind") != "char" else None
     lead = int(tok is not None and document_start(tok) is not None)
     tokens = sample = 0  # tokens of the first units, and their bytes of input (JSON and all, as the total counts)
-    for job in ((u, None) for u in memory) if memory is not None else units(plan, None):
+    for job in units(plan, None, memory):
         for _, text, starts, _ in _documents(plan, *job):
             tokens += (len(tok.encode(text)) if tok is not None else len(text)) + lead * int(starts)
         sample += _unit_bytes(job[0], sources)
@@ -716,8 +762,8 @@ def _fraction_for(val_tokens: int, sources: list[Source], memory, text_field: st
 
 
 def _finish(folder: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.dtype, sources: list[Source],
-            from_memory: bool, plan: Plan, val_fraction: float, val_tokens: int | None, seed: int, shard_tokens: int,
-            text_field: str, keep_journal: bool) -> dict:
+            plan: Plan, val_fraction: float, val_tokens: int | None, seed: int, shard_tokens: int,
+            text_field: str, excluded: int, keep_journal: bool) -> dict:
     """Write meta.json into ``folder``. The journal goes, unless ``keep_journal`` (in a staging folder it
     tells a later run which preparation this was, should the move into --out be interrupted)."""
     tokens = {name: sum(s["tokens"] for s in shards[name]) for name in SPLITS}
@@ -743,9 +789,9 @@ def _finish(folder: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.
                           "shards": shards[name]} for name in SPLITS},
         "split": {"val_fraction": val_fraction, "val_tokens": val_tokens, "seed": seed,
                   "files": {s.name: plan.file_split.get(i, "cut at a line" if len(sources) == 1 and s.kind == "txt"
-                                                        else "records") for i, s in enumerate(sources)}
-                  if not from_memory else {}},
-        "sources": [{"name": s.name, "kind": s.kind, "bytes": s.size} for s in sources] if not from_memory else [],
+                                                        else "records") for i, s in enumerate(sources)}},
+        "sources": [{"name": s.name, "kind": s.kind, "bytes": s.size} for s in sources],
+        "excluded_documents": excluded,  # records left out: their text is one of those excluded
         "shard_tokens": shard_tokens,
         "text_field": text_field,
     }  # no timings or dates: the file is the same byte for byte however the run went
@@ -755,10 +801,14 @@ def _finish(folder: Path, shards: dict, counts: dict, tok: Tokenizer, dtype: np.
     return meta
 
 
-def read_texts(inputs: str | Path | Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
-    """The text of every document of ``inputs`` (any format ``sources.py`` reads), in order, unsplit."""
-    found = find_sources([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    plan = Plan(found, 0, 0.0, {i: "train" for i, s in enumerate(found) if s.kind == "txt"}, text_field)
-    for unit, split in units(plan, None):
-        for _, text, starts, _ in _documents(plan, unit, split):
+def read_texts(inputs: str | Path | Sequence[str | Path], text_field: str = "text",
+               documents: list[tuple[str, str]] | None = None, exclude: Iterable[str] = ()) -> Iterator[str]:
+    """The text of every document of ``inputs`` (any format ``sources.py`` reads), then of
+    ``documents``, in order, unsplit, leaving out the records that ``exclude`` names: the documents
+    ``prepare_corpus`` with the same arguments prepares."""
+    found, memory = corpus_sources(inputs, documents, text_field)
+    plan = Plan(found, 0, 0.0, {i: "train" for i, s in enumerate(found) if s.kind == "txt"}, text_field,
+                frozenset(map(text_key, exclude)))
+    for unit, split in units(plan, None, memory):
+        for _, text, _, _ in _documents(plan, unit, split):
             yield text

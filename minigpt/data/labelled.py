@@ -1,5 +1,6 @@
 """Labelled text for classification: CSV/TSV/JSONL readers, label maps, stratified splits, class
-weights, and ``EncodedTexts`` (token ids and label ids of a split, batched with right padding)."""
+weights, and ``EncodedTexts`` (token ids and label ids of a split, read as a ``LongText`` rule says
+and batched with right padding)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..errors import MiniGPTError
-from .padding import pad, truncate
+from .padding import LongText, pad
 from .tokenizers import EOT_TEXT, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,13 @@ def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:
 class EncodedTexts:
     """Token ids and label ids of a split, batched on demand with right padding.
 
-    Rows of several text columns joined by ``<|endoftext|>`` get the tokenizer's end-of-text token
-    between their columns (a text pair), not those characters as text.
+    A text longer than ``rule.max_length`` is read as ``rule`` says (``padding.LongText``): one
+    truncated piece, or several windows. Rows of several text columns joined by ``<|endoftext|>``
+    get the tokenizer's end-of-text token between their columns (a text pair), not those characters
+    as text.
     """
 
-    def __init__(self, data: LabelledText, tok: Tokenizer, names: Sequence[str], max_length: int, keep: str = "head"):
+    def __init__(self, data: LabelledText, tok: Tokenizer, names: Sequence[str], rule: LongText):
         if data.parts is not None and data.separator == EOT_TEXT:
             if tok.eot_token is None:
                 raise MiniGPTError(f"{data.source}: text_separator {EOT_TEXT} needs a tokenizer with an end-of-text "
@@ -267,22 +270,30 @@ class EncodedTexts:
             where = f"line {data.lines[empty]}" if data.lines else f"text {empty + 1}"
             raise MiniGPTError(f"{data.source}: {where} encodes to no tokens; a text needs at least one character")
         self.labels = torch.tensor([list(names).index(label) for label in data.labels])
-        self.max_length, self.keep = max_length, keep
-        self.n_truncated = sum(len(x) > max_length for x in self.ids)
+        self.rule, self.bos = rule, tok.bos_token
+        self.max_length = rule.max_length
+        self.n_truncated = sum(len(x) > rule.max_length for x in self.ids)  # texts longer than one piece
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def pieces(self, index: int) -> list[list[int]]:
+        """What the classifier reads of text ``index``: one token list, or its windows."""
+        return self.rule.pieces(self.ids[index], self.bos)
+
     def batch(self, indices: Sequence[int], device: torch.device,
-              multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids (B, T), attention mask (B, T), label ids (B,)) of these examples, right-padded (to a
-        multiple of ``multiple`` tokens, at most max_length), on ``device``."""
-        ids, mask = pad(truncate([self.ids[i] for i in indices], self.max_length, self.keep), multiple=multiple,
-                        limit=self.max_length)
-        B, T = ids.shape
-        block = torch.cat([ids.flatten(), mask.flatten(), self.labels[list(indices)]])  # one copy, not three
+              multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids (W, T), attention mask (W, T), label ids (B,), text (W,)) for these B examples, on
+        ``device``: W pieces (one per text, or each text's windows), right-padded to a multiple of
+        ``multiple`` tokens (at most max_length); ``text[w]`` is the example (0..B-1) of piece w."""
+        pieces = [self.pieces(i) for i in indices]
+        text = torch.tensor([b for b, ps in enumerate(pieces) for _ in ps], dtype=torch.long)
+        ids, mask = pad([p for ps in pieces for p in ps], multiple=multiple, limit=self.max_length)
+        W, T = ids.shape
+        block = torch.cat([ids.flatten(), mask.flatten(), self.labels[list(indices)], text])  # one copy, not four
         if device.type == "cuda":  # from pinned memory, without waiting: the GPU still runs the last step
             block = block.pin_memory().to(device, non_blocking=True)
         else:
             block = block.to(device)
-        return block[:B * T].view(B, T), block[B * T:2 * B * T].view(B, T), block[2 * B * T:]
+        return (block[:W * T].view(W, T), block[W * T:2 * W * T].view(W, T),
+                block[2 * W * T:2 * W * T + len(indices)], block[2 * W * T + len(indices):])

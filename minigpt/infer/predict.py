@@ -12,24 +12,44 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labelled import EncodedTexts, LabelledText
+from ..data.padding import LongText
 from ..data.tokenizers import EOT_TEXT, Tokenizer
 from ..errors import MiniGPTError
 from ..model.model import GPT
 
 
+def pool_windows(logits: torch.Tensor, text: torch.Tensor, n_texts: int, how: str = "mean") -> torch.Tensor:
+    """Class logits per text (B, K) from logits per piece (W, K), where ``text[w]`` is the text of
+    piece w: the mean (or the element-wise max) over each text's windows."""
+    K = logits.shape[-1]
+    if how == "mean":
+        counts = torch.bincount(text, minlength=n_texts).clamp(min=1)  # (B,)
+        return logits.new_zeros(n_texts, K).index_add(0, text, logits) / counts[:, None].to(logits.dtype)
+    return logits.new_full((n_texts, K), float("-inf")).scatter_reduce(0, text[:, None].expand(-1, K), logits, "amax")
+
+
+def text_logits(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], pool: str = "mean") -> torch.Tensor:
+    """Class logits (B, K) of one ``EncodedTexts.batch``: the model reads every piece, and a text
+    read in windows gets its windows' logits pooled (``LongText.window_pool``)."""
+    ids, mask, labels, text = batch  # (W, T), (W, T), (B,), (W,)
+    logits = model(ids, mask, right_padded=True)[0]  # (W, K)
+    return logits if len(text) == len(labels) else pool_windows(logits, text, len(labels), pool)
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, data: EncodedTexts, n_classes: int, device: torch.device,
                    batch_size: int = 64, indices: Sequence[int] | None = None, multiple: int = 1) -> torch.Tensor:
-    """Class logits (N, K) of ``indices`` (default: the whole split), in their order. ``model`` is a
-    ``GPTClassifier`` (or one wrapped by ``torch.compile`` / DDP) in eval mode; ``multiple``: round
-    each batch's length up to it (fewer shapes for a compiled model)."""
+    """Class logits (N, K) of ``indices`` (default: the whole split), in their order, each text
+    read as ``data.rule`` says. ``model`` is a ``GPTClassifier`` (or one wrapped by ``torch.compile``
+    / DDP) in eval mode; ``multiple``: round each batch's length up to it (fewer shapes for a
+    compiled model)."""
     indices = list(range(len(data))) if indices is None else list(indices)
     order = sorted(range(len(indices)), key=lambda i: len(data.ids[indices[i]]))  # similar lengths share a batch
     logits = torch.empty(len(indices), n_classes)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
-        ids, mask, _ = data.batch([indices[i] for i in chunk], device, multiple)
-        logits[chunk] = model(ids, mask, right_padded=True)[0].float().cpu()
+        batch = data.batch([indices[i] for i in chunk], device, multiple)
+        logits[chunk] = text_logits(model, batch, data.rule.window_pool).float().cpu()
     return logits
 
 
@@ -74,15 +94,14 @@ def few_shot_prompts(texts: list[str], examples: list[tuple[str, str]], instruct
 def classify_texts(model: torch.nn.Module, tok: Tokenizer, texts: list[str], meta: dict,
                    device: torch.device) -> tuple[list[str], torch.Tensor]:
     """(predicted label, class probabilities (N, K)) of each text, under a classifier checkpoint's ``meta``
-    (its class names, max_length and truncation side). For a classifier of text pairs (several text
+    (its class names and how it reads a long text: max_length, truncation or windows). For a classifier of text pairs (several text
     columns joined by the end-of-text token), a tab separates the parts of each text."""
     names = meta["labels"]
     pairs = meta.get("text_columns", 1) > 1 and meta.get("text_separator") == EOT_TEXT
     data = LabelledText(texts, [names[0]] * len(texts), "input",  # the labels are not used
                         parts=[tuple(t.split("\t")) for t in texts] if pairs else None,
                         separator=meta.get("text_separator", "\n"))
-    logits = predict_logits(model, EncodedTexts(data, tok, names, meta["max_length"], meta["truncate"]),
-                            len(names), device)  # (N, K)
+    logits = predict_logits(model, EncodedTexts(data, tok, names, LongText.from_meta(meta)), len(names), device)  # (N, K)
     bad = (~torch.isfinite(logits).all(dim=-1)).nonzero().flatten().tolist()
     if bad:  # argmax would pick a label at random
         raise MiniGPTError(f"the classifier produced non-finite logits (NaN or inf) for text {bad[0] + 1}: its weights "

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_tensors, write_json
+from ..data.padding import LongText
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer, Tokenizer, bundled_gpt2_files
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
@@ -30,7 +31,8 @@ from .hf import (_field, from_hf_state_dict, hf_architecture, hf_model_type, rea
 
 SEQ_CLS = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
            "qwen2": "Qwen2ForSequenceClassification"}
-TRUNCATION_SIDE = {"head": "right", "tail": "left"}  # each of padding.TRUNCATIONS: which side transformers cuts
+TRUNCATION_SIDE = {"head": "right", "tail": "left", "head_tail": "right"}  # padding.TRUNCATIONS: the side transformers
+# cuts (it cannot keep a head and a tail, nor read windows: export warns, and the config keeps the rule for minigpt)
 
 
 def exportable_head(head: ClassificationHead, kind: str) -> None:
@@ -115,7 +117,7 @@ def save_hf_classifier(classifier: GPTClassifier, tok: Tokenizer, meta: dict, fo
         architectures=[SEQ_CLS[kind]], id2label={str(i): n for i, n in enumerate(names)},
         label2id={n: i for i, n in enumerate(names)}, num_labels=len(names), pad_token_id=pad_id,
         problem_type="single_label_classification",
-        minigpt={"max_length": meta["max_length"], "truncate": meta["truncate"]},  # what transformers has no key for
+        minigpt=LongText.from_meta(meta).to_meta(),  # what transformers has no key for
     )
     if kind != "gpt2":
         hf_config.update(eos_token_id=pad_id)
@@ -162,12 +164,11 @@ def classifier_from_hf(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
     with torch.no_grad():
         head.out.weight.copy_(score)
     ours = _field(hf_config, "minigpt", "object", source, {})
-    max_length = _field(ours, "max_length", "int", source, gpt.config.block_size, where="config minigpt")
-    truncate = _field(ours, "truncate", "str", source, "head", where="config minigpt")
-    if not 1 <= max_length <= gpt.config.block_size or truncate not in TRUNCATION_SIDE:
-        raise MiniGPTError(f"{source}: config minigpt {ours!r}: max_length must be 1..{gpt.config.block_size} and "
-                           f"truncate one of {', '.join(TRUNCATION_SIDE)}")
-    meta = {"labels": names, "head": head.spec(), "max_length": max_length, "truncate": truncate}
+    rule = LongText.from_meta({"max_length": gpt.config.block_size, **ours}, f"{source}: config minigpt")
+    if rule.max_length > gpt.config.block_size:
+        raise MiniGPTError(f"{source}: config minigpt max_length {rule.max_length} is more than the model's "
+                           f"{gpt.config.block_size} positions")
+    meta = {"labels": names, "head": head.spec(), **rule.to_meta()}
     return GPTClassifier(gpt.backbone, head), meta
 
 

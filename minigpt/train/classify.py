@@ -21,11 +21,11 @@ from ..checkpoint import write_json
 from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
 from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
                              read_labelled, stratified_split)
-from ..data.padding import TRUNCATIONS
-from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer
+from ..data.padding import LONG_TEXTS, TRUNCATIONS, WINDOW_POOLS, LongText
+from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer, same_tokenizer
 from ..device import autocast, check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
-from ..infer.predict import predict_logits
+from ..infer.predict import predict_logits, text_logits
 from ..loading import load_backbone as read_backbone
 from ..metrics import classification_report, format_report
 from ..model.heads import POOLINGS, ClassificationHead
@@ -66,12 +66,22 @@ class ClassifyConfig(LoopConfig, ModelFields):
     balance: str = setting("none", "downsample: every class to the smallest before splitting; class_weights: in the "
                                    "loss; sampler: classes drawn equally often", BALANCES)
     max_length: int = setting(0, "tokens per text after truncation (0: block_size)", within=AT_LEAST_0)
-    truncate: str = setting("head", "which end of a long text to keep", TRUNCATIONS)
+    truncate: str = setting("head", "what to keep of a text longer than max_length (head_tail: its first head_tokens "
+                                    "tokens and its end)", TRUNCATIONS)
+    head_tokens: int = setting(64, "truncate=head_tail: tokens kept from the start (the rest of max_length from the "
+                                   "end)", within=AT_LEAST_1)
+    long_text: str = setting("truncate", "a text longer than max_length: truncated, or read in windows of max_length "
+                                         "tokens whose class logits are pooled (training and prediction)", LONG_TEXTS)
+    window_stride: int = setting(128, "long_text=windows: tokens between the starts of consecutive windows",
+                                 within=AT_LEAST_1)
+    window_pool: str = setting("mean", "long_text=windows: how the windows' logits make the text's", WINDOW_POOLS)
     # model
     init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir (a language model, or a classifier: "
                              "its backbone), or a Hugging Face folder (GPT-2, Llama, Qwen2; *ForSequenceClassification too)")
-    tokenizer: str = setting("gpt2", "for init_from=scratch (char: vocabulary from the training texts; other "
-                                     "characters read as U+FFFD)", TOKENIZER_KINDS)
+    tokenizer: str = setting("gpt2", "for init_from=scratch: char (vocabulary from the training texts; other characters "
+                                     "read as U+FFFD), gpt2, or the path of a tokenizer folder or tokenizer.json (python "
+                                     "-m minigpt.tokenizer trains one); with a pretrained init_from, a path must be its "
+                                     f"tokenizer [{' | '.join(TOKENIZER_KINDS)} | PATH]")
     pooling: str = setting("last", "which real tokens the head reads", POOLINGS)
     head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)", within=AT_LEAST_0)
     head_dropout: float = setting(0.0, "dropout before the head's output layer", within=UNIT)
@@ -97,6 +107,11 @@ class ClassifyConfig(LoopConfig, ModelFields):
         self.model_config(vocab_size=1)
         if not self.train_file:
             raise MiniGPTError("train_file is required for task 'classify'")
+        if self.tokenizer not in TOKENIZER_KINDS and not Path(self.tokenizer).exists():
+            raise MiniGPTError(f"tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, or the path of a tokenizer folder "
+                               f"or tokenizer.json; got {self.tokenizer!r} (no such file or folder)")
+        if self.max_length:
+            self.long_text_rule(self.max_length)  # a head or stride that cannot fit is an error before anything runs
         fractions = self.split_fractions
         if len(fractions) not in (2, 3) or abs(sum(fractions) - 1) > 1e-6:
             raise MiniGPTError(f"split must be 2 or 3 fractions summing to 1, got {self.split!r}")
@@ -107,6 +122,9 @@ class ClassifyConfig(LoopConfig, ModelFields):
             return [float(x) for x in self.split.split(",")]
         except ValueError:
             raise MiniGPTError(f"split must be comma-separated fractions, got {self.split!r}") from None
+
+    def long_text_rule(self, max_length: int) -> LongText:
+        return LongText(max_length, self.truncate, self.head_tokens, self.long_text, self.window_stride, self.window_pool)
 
     @property
     def lora_target_names(self) -> list[str]:
@@ -147,14 +165,20 @@ def load_splits(cfg: ClassifyConfig) -> tuple[LabelledText, LabelledText, Labell
     return train, val, test, names
 
 
-def training_documents(config_path: str) -> list[tuple[str, str]]:
-    """The training split of a classification config as (name, text) documents, labels dropped: the
-    in-domain unlabeled text for continued pretraining before fine-tuning on that same split (the
-    val and test texts stay unseen)."""
+def pretraining_texts(config_path: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """What in-domain pretraining before fine-tuning with a classification config may and may not
+    read: (its training split as (name, text) documents, labels dropped; its val and test texts,
+    which no document of the LM corpus may be, for the same review may also sit in other files)."""
     if read_toml(config_path).get("task") != "classify":
         raise MiniGPTError(f'{config_path}: not a classification config (it has no task = "classify")')
-    train = load_splits(build_config(ClassifyConfig, config_path, []))[0]
-    return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)]
+    train, val, test, _ = load_splits(build_config(ClassifyConfig, config_path, []))
+    held_out = val.texts + (test.texts if test is not None else [])
+    return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)], held_out
+
+
+def training_documents(config_path: str) -> list[tuple[str, str]]:
+    """The training split of a classification config as (name, text) documents (``pretraining_texts``)."""
+    return pretraining_texts(config_path)[0]
 
 
 def epoch_indices(n: int, batch_size: int, it: int, micro: int, micros_per_step: int, seed: int) -> list[int]:
@@ -182,6 +206,12 @@ def load_backbone(cfg: ClassifyConfig, texts: list[str], device: torch.device) -
         gpt = GPT(cfg.model_config(vocab_size=tok.vocab_size))
         return gpt.backbone.to(device), tok, "randomly initialised", None
     backbone, tok, head = read_backbone(cfg.init_from, device, **cfg.runtime())
+    if cfg.tokenizer not in TOKENIZER_KINDS:  # a tokenizer named by its path must be the backbone's own
+        given = build_tokenizer(cfg.tokenizer)
+        if not same_tokenizer(given.to_meta(), tok.to_meta()):
+            raise MiniGPTError(f"tokenizer {cfg.tokenizer} ({given.vocab_size:,} tokens) is not the tokenizer of init_from "
+                               f"{cfg.init_from} ({tok.to_meta()['kind']}, {tok.vocab_size:,} tokens); a pretrained "
+                               f"backbone reads with its own: leave tokenizer out, or pretrain on data prepared with it")
     return backbone, tok, f"pretrained from {cfg.init_from}", head
 
 
@@ -281,8 +311,9 @@ def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.devi
         origin += f" (a new head: its classes {old_head[1]} or head settings differ)"
     model = GPTClassifier(backbone, head.to(device))
     lora = configure_trainable(model, cfg)
-    train_enc, val_enc = (EncodedTexts(d, tok, names, max_length, cfg.truncate) for d in (train, val))
-    test_enc = EncodedTexts(test, tok, names, max_length, cfg.truncate) if test is not None else None
+    rule = cfg.long_text_rule(max_length)
+    train_enc, val_enc = (EncodedTexts(d, tok, names, rule) for d in (train, val))
+    test_enc = EncodedTexts(test, tok, names, rule) if test is not None else None
     if cfg.epochs > 0:  # a new config object; the one passed in is left as it was
         steps = round(cfg.epochs * len(train_enc) / (cfg.batch_size * cfg.gradient_accumulation_steps))
         cfg = dataclasses.replace(cfg, max_iters=max(1, steps))
@@ -290,7 +321,8 @@ def classification_run(cfg: ClassifyConfig, ddp: Distributed, device: torch.devi
     banner = (f"classifier: {len(names)} classes {names} | backbone {origin} | {cfg.strategy} fine-tuning, "
               f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters trained | "
               f"train {len(train_enc):,} / val {len(val_enc):,} / test {len(test_enc) if test_enc else 0:,} "
-              f"texts, {train_enc.n_truncated} truncated to {max_length} tokens")
+              f"texts, {train_enc.n_truncated} longer than {max_length} tokens "
+              f"({'read in windows' if rule.long_text == 'windows' else 'truncated: ' + rule.truncate})")
     task = classification_task(cfg, model, tok, names, train_enc, val_enc, lora, device, banner, ddp)
     return task, cfg, model, names, val_enc, test_enc
 
@@ -318,15 +350,16 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
                 "val_macro_f1": report["macro avg"]["f1-score"]}
 
     meta = {"task": "classify", "model_config": model.backbone.config.to_dict(), "tokenizer": tok.to_meta(),
-            "labels": names, "head": model.head.spec(), "max_length": train.max_length, "truncate": cfg.truncate,
+            "labels": names, "head": model.head.spec(), **train.rule.to_meta(),
             "text_columns": len(cfg.text_column.split(",")), "text_separator": cfg.text_separator,
             "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
     return Task(
         model=model, optimizer=optimizer_for(model.backbone, [(model.backbone, 1.0), (model.heads, cfg.head_lr_scale)], cfg, device), batch=batch,
-        loss=lambda m, b: m(b[0], b[1], b[2], weights, right_padded=True)[1], evaluate=evaluate,
+        loss=lambda m, b: F.cross_entropy(text_logits(m, b, cfg.window_pool).float(), b[2], weight=weights),
+        evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
         units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
-        banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", "max_length", "truncate",
+        banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", *train.rule.to_meta(),
                                        "text_columns", "text_separator", "lora"),
     )
 

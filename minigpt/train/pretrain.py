@@ -98,7 +98,8 @@ def continued_model(cfg: PretrainConfig, meta: dict, device: torch.device) -> GP
     model, tok = load_model(cfg.init_from, device, **cfg.runtime())
     if not same_tokenizer(tok.to_meta(), meta["tokenizer"]):
         raise MiniGPTError(f"init_from {cfg.init_from} uses a {tok.to_meta()['kind']} tokenizer that differs from the one "
-                           f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}); prepare the data with the same tokenizer")
+                           f"{cfg.data_dir} was prepared with ({meta['tokenizer']['kind']}, {meta['vocab_size']:,} tokens against "
+                           f"its {tok.vocab_size:,}); prepare the data with the same tokenizer")
     return model
 
 

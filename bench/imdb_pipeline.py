@@ -1,0 +1,268 @@
+"""IMDb from nothing: a domain tokenizer, a leak-free in-domain corpus, pretraining, fine-tuning as a
+classifier, the bag-of-words baselines and a report, each stage timed and resumable.
+
+    python bench/imdb_pipeline.py                  # about 2 hours on 2 CPU cores, into out-imdb/
+    python bench/imdb_pipeline.py --ablations      # then the ablation rows (each a classifier or an LM more)
+    make imdb                                      # the first line
+
+Reads ../shared/data/imdb/{train,unsup}.jsonl (--data). The classifier's train/val/test split is carved
+out of train.jsonl by configs/imdb_classifier.toml; the tokenizer and the LM see unsup.jsonl and that
+split's *training* texts only (never a val or test review). Settings live in configs/imdb_data.toml
+(tokenizer and corpus), configs/imdb_lm.toml and configs/imdb_classifier.toml; ``--lm KEY=VALUE`` (and
+``--classifier``, ``--tokenizer``, ``--corpus``) change one for this run. The resolved configs are written
+to WORK/configs/ and every stage's command, wall time and outcome to WORK/pipeline.json.
+
+Run the same command again after an interruption (Ctrl-C, a crash, the end of a session): finished
+stages are skipped, corpus preparation continues where it stopped, and a training stage continues from
+its last checkpoint (--resume). WORK/report.md holds the table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+@dataclass
+class Stage:
+    name: str
+    what: str
+    command: list[str]
+    done: Path  # the file a finished stage leaves
+    out_dir: Path | None = None  # a training stage: continued with --resume when it holds a checkpoint
+    ablation: bool = False
+    scores: bool = False  # `done` is a JSON file with accuracy and macro F1 on the test split
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} to TOML")
+
+
+def parse_value(text: str):
+    """A --lm/--classifier value: a TOML literal (4, 3e-4, true, "x") or else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def settings(pairs: list[str], flag: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def write_config(path: Path, base: dict, changes: dict, comment: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {**base, **changes}
+    path.write_text(f"# {comment}\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in merged.items()), encoding="utf-8")
+    return path
+
+
+def flags(options: dict) -> list[str]:
+    """Command-line flags of a [tokenizer] / [corpus] table: key = [a, b] -> --key a b."""
+    out = []
+    for key, value in options.items():
+        if isinstance(value, bool):
+            out += [f"--{key}"] if value else []
+        else:
+            out += [f"--{key}", *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return out
+
+
+def plan(args: argparse.Namespace) -> list[Stage]:
+    work, data = Path(args.work), Path(args.data)
+    py = [sys.executable]
+    data_cfg = tomllib.loads((CONFIGS / "imdb_data.toml").read_text(encoding="utf-8"))
+    lm_base = tomllib.loads((CONFIGS / "imdb_lm.toml").read_text(encoding="utf-8"))
+    clf_base = tomllib.loads((CONFIGS / "imdb_classifier.toml").read_text(encoding="utf-8"))
+    unsup = str(data / "unsup.jsonl")
+
+    clf = write_config(work / "configs" / "classifier.toml", clf_base,
+                       {"train_file": str(data / "train.jsonl"), "init_from": str(work / "lm"),
+                        "out_dir": str(work / "classifier"), **settings(args.classifier, "--classifier")},
+                       "configs/imdb_classifier.toml as this pipeline runs it")
+    tok_opts = {**data_cfg["tokenizer"], **settings(args.tokenizer, "--tokenizer")}
+    corpus_opts = {**data_cfg["corpus"], **settings(args.corpus, "--corpus")}
+    lm_changes = {"data_dir": str(work / "lm-data"), "out_dir": str(work / "lm"), **settings(args.lm, "--lm")}
+    lm = write_config(work / "configs" / "lm.toml", lm_base, lm_changes, "configs/imdb_lm.toml as this pipeline runs it")
+
+    def tokenizer_stage(name: str, out: Path, ablation=False) -> Stage:
+        return Stage(name, "train the domain tokenizer (byte-level BPE) on unsup + the training split",
+                     [*py, "-m", "minigpt.tokenizer", "--input", unsup, "--texts_of", str(clf), "--out", str(out),
+                      "--overwrite", *flags(tok_opts)], out / "tokenizer.json", ablation=ablation)
+
+    def corpus_stage(name: str, tokenizer: str, out: Path, ablation=False) -> Stage:
+        return Stage(name, f"prepare the LM corpus (unsup + the training split) with {Path(tokenizer).name}",
+                     [*py, "-m", "minigpt.data", "--input", unsup, "--texts_of", str(clf), "--tokenizer", tokenizer,
+                      "--out", str(out), *flags(corpus_opts)], out / "meta.json", ablation=ablation)
+
+    def train_stage(name: str, what: str, config: Path, out_dir: Path, done: str, ablation=False) -> Stage:
+        return Stage(name, what, [*py, str(ROOT / "train.py"), str(config)], out_dir / done, out_dir, ablation,
+                     scores=done == "report.json")
+
+    def classifier_variant(name: str, what: str, changes: dict) -> Stage:
+        config = write_config(work / "configs" / f"{name}.toml", tomllib.loads(clf.read_text(encoding="utf-8")),
+                              {**changes, "out_dir": str(work / name)}, f"the classifier, {what}")
+        return train_stage(name, f"fine-tune: {what}", config, work / name, "report.json", ablation=True)
+
+    def baseline(name: str, script: str, what: str, extra: list[str]) -> Stage:
+        out = work / f"{name}.json"
+        return Stage(name, what, [*py, str(ROOT / "bench" / script), str(clf), "--json", str(out), *extra], out,
+                     scores=True)
+
+    stages = [
+        tokenizer_stage("tokenizer", work / "tokenizer"),
+        corpus_stage("corpus", str(work / "tokenizer"), work / "lm-data"),
+        train_stage("lm", "pretrain the in-domain language model", lm, work / "lm", "ckpt_last.safetensors"),
+        train_stage("classifier", "fine-tune the LM as a classifier", clf, work / "classifier", "report.json"),
+        baseline("tfidf", "tfidf_baseline.py", "TF-IDF word 1-2-grams + logistic regression (C tuned on val)",
+                 ["--analyzer", "word", "--ngram", "1", "2", "--min_df", "2", "--strip_html", "--C", "3", "10", "30", "100"]),
+        baseline("nbsvm", "nbsvm_baseline.py", "NBSVM (Wang & Manning 2012), uni+bigrams (C and beta tuned on val)",
+                 ["--strip_html", "--C", "0.003", "0.01", "0.03", "0.1", "0.3", "1", "--beta", "0.25", "0.5", "1"]),
+    ]
+    if args.ablations:
+        main_rule = (clf_base.get("long_text", "truncate"), clf_base.get("truncate", "head"))
+        for rule, changes in ((("truncate", "head"), {"long_text": "truncate", "truncate": "head"}),
+                              (("truncate", "head_tail"), {"long_text": "truncate", "truncate": "head_tail"}),
+                              (("windows", main_rule[1]), {"long_text": "windows"})):
+            if rule != main_rule:
+                stages.append(classifier_variant(f"clf-{changes.get('truncate', 'windows')}" if rule[0] == "truncate"
+                                                 else "clf-windows", f"long texts: {rule[0]} {rule[1]}", changes))
+        shape = {k: lm_base[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "pos_embedding", "norm", "mlp",
+                                         "activation", "bias", "tie_weights", "zero_init_proj") if k in lm_base}
+        stages.append(classifier_variant("clf-scratch", "no pretraining (the same network from random weights)",
+                                         {"init_from": "scratch", "tokenizer": str(work / "tokenizer"), **shape,
+                                          **{k: v for k, v in lm_changes.items() if k in shape}}))
+        gpt2_lm = write_config(work / "configs" / "lm-gpt2.toml", tomllib.loads(lm.read_text(encoding="utf-8")),
+                               {"data_dir": str(work / "lm-data-gpt2"), "out_dir": str(work / "lm-gpt2")},
+                               "the LM on GPT-2's BPE instead of the domain tokenizer")
+        stages += [corpus_stage("corpus-gpt2", "gpt2", work / "lm-data-gpt2", ablation=True),
+                   train_stage("lm-gpt2", "pretrain the same LM on GPT-2 BPE tokens", gpt2_lm, work / "lm-gpt2",
+                               "ckpt_last.safetensors", ablation=True),
+                   classifier_variant("clf-gpt2", "from the GPT-2-BPE LM", {"init_from": str(work / "lm-gpt2")})]
+    return stages
+
+
+def run_stage(stage: Stage, record: dict, log) -> None:
+    entry = record["stages"].setdefault(stage.name, {"seconds": 0.0, "runs": 0, "done": False})
+    command = list(stage.command)
+    if stage.out_dir is not None and (stage.out_dir / "ckpt_last.safetensors").is_file():
+        command.append("--resume")
+    elif stage.out_dir is not None and stage.out_dir.exists():
+        command.append("--overwrite")  # a run that stopped before its first checkpoint: nothing to keep
+    entry.update(command=" ".join(command), what=stage.what)
+    log(f"\n=== {stage.name}: {stage.what}\n$ {entry['command']}")
+    start = time.perf_counter()
+    try:
+        code = subprocess.call(command)
+    finally:
+        entry["seconds"] += time.perf_counter() - start
+        entry["runs"] += 1
+    if code != 0:
+        raise SystemExit(f"stage {stage.name} stopped (exit {code}) after {entry['seconds'] / 60:.1f} min in all; "
+                         f"run the same command again to continue it")
+    entry["done"] = stage.done.is_file()  # (an interrupted training exits 130, above)
+    log(f"=== {stage.name}: {entry['seconds'] / 60:.1f} min")
+
+
+def lm_val_loss(out_dir: Path) -> float | None:
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    vals = [json.loads(line)["val_loss"] for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and "val_loss" in json.loads(line)]
+    return min(vals) if vals else None
+
+
+def report(stages: list[Stage], record: dict, work: Path) -> str:
+    rows = ["| stage | what | accuracy | macro F1 | wall time | command |", "|---|---|---|---|---|---|"]
+    for stage in stages:
+        entry = record["stages"].get(stage.name)
+        if entry is None:
+            continue
+        acc = f1 = ""
+        if stage.scores and stage.done.is_file():
+            numbers = json.loads(stage.done.read_text(encoding="utf-8"))
+            acc = f"{numbers['accuracy']:.2%}"
+            f1 = numbers.get("macro_f1") or numbers.get("macro avg", {}).get("f1-score")
+            f1 = f"{f1:.4f}" if f1 is not None else ""
+        elif stage.out_dir is not None:
+            loss = lm_val_loss(stage.out_dir)
+            acc = f"val loss {loss:.4f}" if loss is not None else ""
+        rows.append(f"| {stage.name} | {stage.what} | {acc} | {f1} | {entry['seconds'] / 60:.1f} min"
+                    f"{'' if entry['done'] else ' (unfinished)'} | `{entry['command']}` |")
+    total = sum(e["seconds"] for e in record["stages"].values())
+    text = "\n".join(rows) + f"\n\ntotal: {total / 60:.1f} min\n"
+    (work / "report.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "imdb"),
+                   help="folder with train.jsonl and unsup.jsonl (default ../shared/data/imdb)")
+    p.add_argument("--work", default="out-imdb", help="folder for every output (default out-imdb)")
+    p.add_argument("--ablations", action="store_true", help="also the ablation stages (long-text rules, no "
+                   "pretraining, GPT-2 BPE)")
+    p.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
+    for name in ("tokenizer", "corpus", "lm", "classifier"):
+        p.add_argument(f"--{name}", nargs="+", default=[], metavar="KEY=VALUE", help=f"change a {name} setting")
+    args = p.parse_args()
+    for name in ("train.jsonl", "unsup.jsonl"):
+        if not (Path(args.data) / name).is_file():
+            raise SystemExit(f"{Path(args.data) / name} not found: --data must be a folder with train.jsonl and unsup.jsonl")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "pipeline.json"
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"stages": {}}
+    stages = plan(args)
+    if args.list:
+        for stage in stages:
+            print(f"{stage.name}: {stage.what}\n    {' '.join(stage.command)}")
+        return
+    with open(work / "pipeline.log", "a", encoding="utf-8") as log_file:
+        def log(line: str) -> None:
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        for stage in stages:
+            entry = record["stages"].get(stage.name)
+            if entry and entry.get("done") and stage.done.is_file():
+                log(f"=== {stage.name}: done before ({entry['seconds'] / 60:.1f} min)")
+                continue
+            try:
+                run_stage(stage, record, log)
+            finally:
+                tmp = record_path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+                os.replace(tmp, record_path)
+        log("\n" + report(stages, record, work))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The IMDb pipeline (bench/imdb_pipeline.py) end to end on a few hundred made-up reviews: tokenizer ->
+leak-free corpus -> pretraining -> fine-tuning with windows -> baselines -> report, then run again
+(every stage skipped), with tiny settings so it takes seconds of training."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "bench" / "imdb_pipeline.py"
+
+POS = ["great", "wonderful", "superb", "moving", "brilliant"]
+NEG = ["awful", "boring", "dreadful", "dull", "terrible"]
+FILLER = ["the", "plot", "cast", "film", "scene", "music", "ending", "director", "was", "and", "a", "story"]
+
+
+def review(rng: random.Random, words: list[str]) -> str:
+    body = [rng.choice(FILLER) for _ in range(rng.randint(10, 60))]
+    for _ in range(2):
+        body.insert(rng.randrange(len(body)), rng.choice(words))
+    return " ".join(body).capitalize() + ".<br /><br />" + " ".join(rng.choice(FILLER) for _ in range(5))
+
+
+def imdb_like(folder: Path, n_labelled: int = 300, n_unsup: int = 300) -> None:
+    rng = random.Random(0)
+    folder.mkdir()
+    with open(folder / "train.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n_labelled):
+            label = "pos" if i % 2 else "neg"
+            f.write(json.dumps({"label": label, "id": i, "text": review(rng, POS if label == "pos" else NEG)}) + "\n")
+    with open(folder / "unsup.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n_unsup):
+            f.write(json.dumps({"id": i, "text": review(rng, rng.choice([POS, NEG]))}) + "\n")
+
+
+TINY = ["--tokenizer", "vocab_size=400",
+        "--lm", "n_layer=1", "n_head=2", "n_embd=32", "block_size=64", "batch_size=8", "max_iters=30",
+        "eval_interval=15", "eval_iters=2", "warmup_iters=5", "compile=false", "dtype=float32",
+        "--classifier", "max_length=32", "window_stride=16", "head_tokens=8", "batch_size=8", "epochs=0", "max_iters=30",
+        "eval_interval=15", "warmup_iters=5", "compile=false", "dtype=float32", "learning_rate=3e-3"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PIPELINE), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_the_pipeline_runs_end_to_end_and_resumes_by_skipping_what_is_done(tmp_path):
+    pytest.importorskip("sklearn")
+    imdb_like(tmp_path / "imdb")
+    work = tmp_path / "work"
+    done = run("--data", str(tmp_path / "imdb"), "--work", str(work), *TINY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((work / "pipeline.json").read_text())
+    assert set(record["stages"]) == {"tokenizer", "corpus", "lm", "classifier", "tfidf", "nbsvm"}
+    assert all(e["done"] and e["seconds"] > 0 for e in record["stages"].values())
+    report = json.loads((work / "classifier" / "report.json").read_text())
+    assert report["split"] == "test" and report["n"] == 30
+    table = (work / "report.md").read_text()
+    for stage in ("tokenizer", "corpus", "lm", "classifier", "tfidf", "nbsvm"):
+        assert f"| {stage} |" in table
+    assert f"{report['accuracy']:.2%}" in table and "val loss" in table
+    classifier_config = (work / "configs" / "classifier.toml").read_text()
+    assert 'long_text = "windows"' in classifier_config and f'init_from = "{work / "lm"}"' in classifier_config
+
+    again = run("--data", str(tmp_path / "imdb"), "--work", str(work), *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before") == 6
+    assert json.loads((work / "pipeline.json").read_text())["stages"]["lm"]["runs"] == 1
+
+
+def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
+    imdb_like(tmp_path / "imdb", 10, 10)
+    listed = run("--data", str(tmp_path / "imdb"), "--work", str(tmp_path / "work"), "--ablations", "--list")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split(":")[0] for line in listed.stdout.splitlines() if line and not line.startswith(" ")]
+    assert names == ["tokenizer", "corpus", "lm", "classifier", "tfidf", "nbsvm", "clf-head", "clf-head_tail",
+                     "clf-scratch", "corpus-gpt2", "lm-gpt2", "clf-gpt2"]
+    configs = tmp_path / "work" / "configs"
+    assert 'long_text = "truncate"' in (configs / "clf-head_tail.toml").read_text()
+    assert 'init_from = "scratch"' in (configs / "clf-scratch.toml").read_text()
+    assert "lm-data-gpt2" in (configs / "lm-gpt2.toml").read_text()
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    missing = run("--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "work"))
+    assert missing.returncode != 0 and "train.jsonl not found" in missing.stderr
+    imdb_like(tmp_path / "imdb", 10, 10)
+    bad = run("--data", str(tmp_path / "imdb"), "--work", str(tmp_path / "work"), "--lm", "n_layer")
+    assert bad.returncode != 0 and "--lm takes KEY=VALUE, got 'n_layer'" in bad.stderr
