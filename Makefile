@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup imdb clean
 
 # torch is installed first, pinned, so the `torch>=` range in pyproject.toml is already satisfied
 # and pip never resolves an unpinned torch (which would pull a multi-GB CUDA build).
@@ -28,6 +28,11 @@ demo: $(STAMP)
 		$(PY) -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
 	$(PY) train.py configs/shakespeare_char.toml --out_dir=out-demo --overwrite
 	$(PY) sample.py --ckpt out-demo --prompt "ROMEO:" --max_new_tokens=400
+
+# IMDb from nothing: domain tokenizer -> leak-free LM corpus -> pretraining -> fine-tuning -> baselines ->
+# out-imdb/report.md (about 2 hours on 2 CPU cores; reads ../shared/data/imdb). Run it again to continue.
+imdb: $(STAMP)
+	$(PY) bench/imdb_pipeline.py
 
 clean:
 	rm -rf $(VENV) out-demo

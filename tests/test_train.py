@@ -17,7 +17,7 @@ import torch
 
 from minigpt import GPT, GPTConfig, MiniGPTError, load_model, save_hf
 from minigpt.checkpoint import BEST, LAST, load_checkpoint
-from minigpt.config_io import build_config, config_help
+from minigpt.config_io import build_config, config_help, read_toml
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta
 from minigpt.model.layers import CausalSelfAttention
@@ -267,7 +267,22 @@ def test_help_lists_every_key():
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
-    """Each file in configs/ builds under the schema of its task: no misspelt key, no wrong type."""
+    """Each file in configs/ builds under the schema of its task: no misspelt key, no wrong type. A
+    pipeline's data config (tables of command-line options) parses under those commands' parsers."""
+    tables = read_toml(path)
+    if all(isinstance(v, dict) for v in tables.values()):
+        import importlib.util
+
+        from minigpt.cli import data as data_cli, tokenizer as tokenizer_cli
+        spec = importlib.util.spec_from_file_location("imdb_pipeline", path.parents[1] / "bench" / "imdb_pipeline.py")
+        pipeline = sys.modules.setdefault("imdb_pipeline", importlib.util.module_from_spec(spec))
+        spec.loader.exec_module(pipeline)
+        parsers = {"tokenizer": tokenizer_cli.parser(), "corpus": data_cli.parser()}
+        assert set(tables) == set(parsers)
+        for name, options in tables.items():
+            args = parsers[name].parse_args(["--input", "x", "--out", "y", *pipeline.flags(options)])
+            assert all(getattr(args, key) == value for key, value in options.items())
+        return
     cfg = build_config(config_class(str(path)), str(path), [])
     assert cfg.out_dir.startswith("out-")  # results land in a git-ignored folder
 
