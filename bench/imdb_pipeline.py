@@ -20,8 +20,10 @@ its last checkpoint (--resume). WORK/report.md holds the table at the end.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -166,18 +168,54 @@ def plan(args: argparse.Namespace) -> list[Stage]:
     return stages
 
 
+def settings_of(stage: Stage) -> str:
+    """What a stage's result depends on: its command and, for training, the config file it reads."""
+    config = Path(stage.command[-1]) if stage.out_dir is not None else None
+    text = " ".join(stage.command) + (config.read_text(encoding="utf-8") if config is not None else "")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def call(command: list[str]) -> int:
+    """Run one stage and wait for it. A Ctrl-C or SIGTERM is passed on to it and the pipeline waits
+    while it saves and stops (a training stage saves ckpt_last; run the pipeline again to continue)."""
+    proc = subprocess.Popen(command)
+
+    def forward(signum, frame) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def finished_training(out_dir: Path, config: Path) -> bool:
+    """Whether out_dir's ckpt_last is already at the config's max_iters (nothing left to resume)."""
+    from minigpt.checkpoint import load_checkpoint
+
+    max_iters = tomllib.loads(config.read_text(encoding="utf-8")).get("max_iters")
+    return max_iters is not None and load_checkpoint(out_dir / "ckpt_last.safetensors").meta.get("iter_num", 0) >= max_iters
+
+
 def run_stage(stage: Stage, record: dict, log) -> None:
     entry = record["stages"].setdefault(stage.name, {"seconds": 0.0, "runs": 0, "done": False})
     command = list(stage.command)
     if stage.out_dir is not None and (stage.out_dir / "ckpt_last.safetensors").is_file():
-        command.append("--resume")
+        if stage.scores and finished_training(stage.out_dir, Path(stage.command[-1])):
+            log(f"{stage.name}: trained to the end but stopped before its report; it is trained again")
+            command.append("--overwrite")
+        else:
+            command.append("--resume")
     elif stage.out_dir is not None and stage.out_dir.exists():
         command.append("--overwrite")  # a run that stopped before its first checkpoint: nothing to keep
-    entry.update(command=" ".join(command), what=stage.what)
+    entry.update(command=" ".join(command), what=stage.what, settings=settings_of(stage))
     log(f"\n=== {stage.name}: {stage.what}\n$ {entry['command']}")
     start = time.perf_counter()
     try:
-        code = subprocess.call(command)
+        code = call(command)
     finally:
         entry["seconds"] += time.perf_counter() - start
         entry["runs"] += 1
@@ -207,14 +245,14 @@ def report(stages: list[Stage], record: dict, work: Path) -> str:
         if stage.scores and stage.done.is_file():
             numbers = json.loads(stage.done.read_text(encoding="utf-8"))
             acc = f"{numbers['accuracy']:.2%}"
-            f1 = numbers.get("macro_f1") or numbers.get("macro avg", {}).get("f1-score")
-            f1 = f"{f1:.4f}" if f1 is not None else ""
-        elif stage.out_dir is not None:
+            f1 = numbers["macro_f1"] if "macro_f1" in numbers else numbers["macro avg"]["f1-score"]
+            f1 = f"{f1:.4f}"
+        elif stage.out_dir is not None and not stage.scores:  # a language model
             loss = lm_val_loss(stage.out_dir)
             acc = f"val loss {loss:.4f}" if loss is not None else ""
         rows.append(f"| {stage.name} | {stage.what} | {acc} | {f1} | {entry['seconds'] / 60:.1f} min"
                     f"{'' if entry['done'] else ' (unfinished)'} | `{entry['command']}` |")
-    total = sum(e["seconds"] for e in record["stages"].values())
+    total = sum(record["stages"][s.name]["seconds"] for s in stages if s.name in record["stages"])
     text = "\n".join(rows) + f"\n\ntotal: {total / 60:.1f} min\n"
     (work / "report.md").write_text(text, encoding="utf-8")
     return text
@@ -230,7 +268,8 @@ def main() -> None:
                    "pretraining, GPT-2 BPE)")
     p.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
     for name in ("tokenizer", "corpus", "lm", "classifier"):
-        p.add_argument(f"--{name}", nargs="+", default=[], metavar="KEY=VALUE", help=f"change a {name} setting")
+        p.add_argument(f"--{name}", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help=f"change a {name} setting (repeatable)")
     args = p.parse_args()
     for name in ("train.jsonl", "unsup.jsonl"):
         if not (Path(args.data) / name).is_file():
@@ -253,6 +292,10 @@ def main() -> None:
         for stage in stages:
             entry = record["stages"].get(stage.name)
             if entry and entry.get("done") and stage.done.is_file():
+                if entry.get("settings", settings_of(stage)) != settings_of(stage):
+                    raise SystemExit(f"stage {stage.name} was done with other settings than this run's (see "
+                                     f"{work / 'pipeline.json'}); to redo it, remove its output ({stage.done}) and "
+                                     f"that of the stages after it, or give another --work")
                 log(f"=== {stage.name}: done before ({entry['seconds'] / 60:.1f} min)")
                 continue
             try:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from minigpt.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "bench" / "imdb_pipeline.py"
 
@@ -44,6 +46,10 @@ TINY = ["--tokenizer", "vocab_size=400",
         "eval_interval=15", "warmup_iters=5", "compile=false", "dtype=float32", "learning_rate=3e-3"]
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(PIPELINE), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
@@ -71,6 +77,39 @@ def test_the_pipeline_runs_end_to_end_and_resumes_by_skipping_what_is_done(tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before") == 6
     assert json.loads((work / "pipeline.json").read_text())["stages"]["lm"]["runs"] == 1
+
+    changed = run("--data", str(tmp_path / "imdb"), "--work", str(work), *TINY, "max_iters=31")
+    assert changed.returncode != 0 and "stage classifier was done with other settings" in changed.stderr
+
+
+def test_a_stage_interrupted_continues_from_its_checkpoint(tmp_path):
+    """The LM stage stopped by SIGINT (passed on to it by the pipeline) saves ckpt_last, and the next
+    run resumes it from there."""
+    import signal
+    import time
+
+    imdb_like(tmp_path / "imdb")
+    work = tmp_path / "work"
+    lm = [*TINY[:TINY.index("--classifier")], "max_iters=4000", "eval_interval=2000", "log_interval=5"]
+    proc = subprocess.Popen([sys.executable, str(PIPELINE), "--data", str(tmp_path / "imdb"), "--work", str(work), *lm],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any('"iter": 10,' in line for line in _lines(work / "lm" / "metrics.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "stage lm stopped (exit 130)" in err, err[-2000:]
+    record = json.loads((work / "pipeline.json").read_text())
+    assert not record["stages"]["lm"]["done"] and record["stages"]["lm"]["runs"] == 1
+    assert "saved" in err and (work / "lm" / "ckpt_last.safetensors").is_file()
+    stopped_at = load_checkpoint(work / "lm" / "ckpt_last.safetensors").meta["iter_num"]
+    again = run("--data", str(tmp_path / "imdb"), "--work", str(work), *TINY, "max_iters=30",
+                "--lm", f"max_iters={stopped_at + 10}")  # (a shorter run than the one interrupted)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "lm.toml --resume" in again.stdout and again.stdout.count("done before") == 2  # tokenizer, corpus
+    lm_entry = json.loads((work / "pipeline.json").read_text())["stages"]["lm"]
+    assert lm_entry["done"] and lm_entry["runs"] == 2
+    assert json.loads(_lines(work / "lm" / "metrics.jsonl")[-1])["iter"] == stopped_at + 10
 
 
 def test_the_plan_with_ablations_lists_each_one_change(tmp_path):

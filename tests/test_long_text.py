@@ -126,7 +126,9 @@ def test_training_and_prediction_read_long_texts_the_same_way(tmp_path, long_tex
                          progress=False, plot=False, device="cpu", pooling="mean")
     summary = finetune(cfg)
     model, tok, meta = load_classifier(tmp_path / "out")
-    assert (meta["long_text"], meta["truncate"], meta["window_stride"], meta["head_tokens"]) == (long_text, truncate_, 10, 8)
+    assert LongText.from_meta(meta).to_meta() == cfg.long_text_rule(24).to_meta()
+    assert meta.get("window_stride") == (10 if long_text == "windows" else None)  # only the settings that apply
+    assert meta.get("head_tokens") == (8 if long_text == "truncate" else None)
     from minigpt.data.labelled import stratified_split
     test_rows = [rows[i] for i in stratified_split([r["label"] for r in rows], [0.7, 0.1, 0.2], 123)[2]]
     labels, _ = classify_texts(model, tok, [r["text"] for r in test_rows], meta, CPU)
@@ -155,4 +157,31 @@ def test_a_damaged_stored_rule_names_the_checkpoint():
     with pytest.raises(MiniGPTError, match="ckpt.pt: window_stride=9 must be from 1 to 7"):
         LongText.from_meta({"max_length": 8, "long_text": "windows", "window_stride": 9}, "ckpt.pt")
     old = LongText.from_meta({"max_length": 8, "truncate": "tail"})  # metadata from before windows
-    assert old == LongText(8, "tail")
+    assert old == LongText(8, "tail") and old.to_meta() == {"max_length": 8, "truncate": "tail"}  # so they resume
+
+
+def test_the_training_loss_is_the_cross_entropy_of_what_prediction_reads(tmp_path):
+    """The loss the loop minimises is the cross-entropy of the pooled logits that prediction gives."""
+    from torch.nn import functional as F
+
+    from minigpt.train.classify import classification_run, load_splits
+    from minigpt.train.loop import Distributed
+
+    rng = random.Random(2)
+    rows = [{"text": " ".join(rng.choice(["plot", "cast", "good", "bad"]) for _ in range(rng.randint(2, 30))),
+             "label": rng.choice(["pos", "neg"])} for _ in range(60)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = ClassifyConfig(task="classify", train_file=str(tmp_path / "r.jsonl"), out_dir=str(tmp_path / "out"),
+                         init_from="scratch", tokenizer="char", n_layer=1, n_head=2, n_embd=16, block_size=32,
+                         max_length=20, long_text="windows", window_stride=7, device="cpu", dropout=0.0,
+                         balance="class_weights")
+    task, _, model, names, val_enc, _ = classification_run(cfg, Distributed(enabled=False), CPU)
+    model.eval()
+    rows_ = list(range(len(val_enc)))
+    assert any(len(val_enc.pieces(i)) > 1 for i in rows_)
+    train_labels = [names.index(x) for x in load_splits(cfg)[0].labels]
+    weights = torch.tensor([len(train_labels) / (2 * train_labels.count(c)) for c in range(2)])  # "balanced"
+    with torch.no_grad():
+        loss = task.loss(model, val_enc.batch(rows_, CPU))
+    logits = predict_logits(model, val_enc, 2, CPU, batch_size=3)  # other batches, other padding
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, val_enc.labels, weight=weights).item(), rel=1e-5)

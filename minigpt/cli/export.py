@@ -34,7 +34,7 @@ def warn_long_text(meta: dict, to: str) -> None:
     how = ("in windows" if meta.get("long_text") == "windows" else
            "as its head and tail" if meta.get("truncate") == "head_tail" else None)
     if how is not None:
-        cut = "cut to the first max_length tokens by its tokenizer" if to != "onnx" else "cut by the caller"
+        cut = "cut to max_length tokens by its tokenizer" if to != "onnx" else "cut by the caller"
         warnings.warn(f"this classifier reads a text longer than {meta['max_length']} tokens {how}; the {to} export "
                       f"reads one piece ({cut}), so such texts may get other logits (minigpt reads the rule back from "
                       f"the folder's config)", MiniGPTWarning, stacklevel=2)

@@ -4,7 +4,7 @@ text longer than a classifier reads at once (``LongText``: truncation, or slidin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -14,6 +14,7 @@ from ..errors import MiniGPTError
 TRUNCATIONS = ("head", "tail", "head_tail")  # keep the first tokens | the last | the first few and the last
 LONG_TEXTS = ("truncate", "windows")  # one piece, cut as `truncate` says | every window, logits pooled
 WINDOW_POOLS = ("mean", "max")  # how the windows' class logits become the document's
+LONG_TEXT_KEYS = ("max_length", "truncate", "head_tokens", "long_text", "window_stride", "window_pool")  # LongText's
 PAD_SIDES = ("right", "left")  # classification batches | prompts to continue (their ends line up)
 
 
@@ -46,7 +47,8 @@ class LongText:
     """How a classifier reads a text of any length in pieces of at most ``max_length`` tokens: one
     piece cut as ``truncate`` says, or (``long_text = "windows"``) windows every ``window_stride``
     tokens whose class logits are pooled (``window_pool``). A text that fits is one piece either way.
-    A leading ``bos`` token (Llama's ``<s>``) starts every window, as it starts every text."""
+    A leading ``bos`` token (Llama's ``<s>``) starts every window, as it starts every text (windows of
+    max_length - 1 tokens after it, the stride at most max_length - 2)."""
 
     max_length: int
     truncate: str = "head"
@@ -60,7 +62,7 @@ class LongText:
                                     ("window_pool", self.window_pool, WINDOW_POOLS)):
             if value not in choices:
                 raise MiniGPTError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 1:
+        if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 1:
             raise MiniGPTError(f"max_length must be a positive number of tokens, got {self.max_length!r}")
         if self.truncate == "head_tail" and not 0 < self.head_tokens < self.max_length:
             raise MiniGPTError(f"head_tokens={self.head_tokens} must be from 1 to {self.max_length - 1}: the head is "
@@ -78,7 +80,14 @@ class LongText:
         return [[bos, *w] for w in windows(ids[1:], self.max_length - 1, min(self.window_stride, self.max_length - 2))]
 
     def to_meta(self) -> dict:
-        return asdict(self)
+        """The fields that apply (a classifier's metadata; those of a truncating classifier are the
+        two every minigpt classifier has stored): settings that play no part cannot block a resume."""
+        meta = {"max_length": self.max_length, "truncate": self.truncate}
+        if self.long_text == "windows":
+            meta.update(long_text=self.long_text, window_stride=self.window_stride, window_pool=self.window_pool)
+        elif self.truncate == "head_tail":
+            meta.update(head_tokens=self.head_tokens)
+        return meta
 
     @classmethod
     def from_meta(cls, meta: dict, source: str = "the checkpoint") -> "LongText":
@@ -86,13 +95,10 @@ class LongText:
         truncate only); a damaged value is an error naming ``source``."""
         if "max_length" not in meta:
             raise MiniGPTError(f"{source}: no stored max_length (not a classifier's metadata?)")
-        fields = {k: meta[k] for k in ("max_length", "truncate", "head_tokens", "long_text", "window_stride",
-                                        "window_pool") if k in meta}
+        fields = {k: meta[k] for k in LONG_TEXT_KEYS if k in meta}
         for key in ("head_tokens", "window_stride"):
             if key in fields and (not isinstance(fields[key], int) or isinstance(fields[key], bool) or fields[key] < 0):
                 raise MiniGPTError(f"{source}: the stored {key} {fields[key]!r} is not a whole number >= 0 (damaged?)")
-        if isinstance(fields.get("max_length"), bool):
-            fields["max_length"] = None
         try:
             return cls(**fields)
         except MiniGPTError as err:

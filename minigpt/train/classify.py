@@ -21,7 +21,7 @@ from ..checkpoint import write_json
 from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
 from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
                              read_labelled, stratified_split)
-from ..data.padding import LONG_TEXTS, TRUNCATIONS, WINDOW_POOLS, LongText
+from ..data.padding import LONG_TEXT_KEYS, LONG_TEXTS, TRUNCATIONS, WINDOW_POOLS, LongText
 from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer, same_tokenizer
 from ..device import autocast, check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
@@ -174,11 +174,6 @@ def pretraining_texts(config_path: str) -> tuple[list[tuple[str, str]], list[str
     train, val, test, _ = load_splits(build_config(ClassifyConfig, config_path, []))
     held_out = val.texts + (test.texts if test is not None else [])
     return [(f"train[{i}]", text + "\n") for i, text in enumerate(train.texts)], held_out
-
-
-def training_documents(config_path: str) -> list[tuple[str, str]]:
-    """The training split of a classification config as (name, text) documents (``pretraining_texts``)."""
-    return pretraining_texts(config_path)[0]
 
 
 def epoch_indices(n: int, batch_size: int, it: int, micro: int, micros_per_step: int, seed: int) -> list[int]:
@@ -359,7 +354,7 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
         evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
         units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
-        banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", *train.rule.to_meta(),
+        banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", *LONG_TEXT_KEYS,
                                        "text_columns", "text_separator", "lora"),
     )
 
