@@ -66,7 +66,7 @@ def checkpoints_load(out: Path) -> tuple[int, list[str]]:
         if (out / name).exists():
             found += 1
             try:
-                load_checkpoint(out / name).model
+                load_checkpoint(out / name)  # reads every tensor: a torn file fails here
             except MiniGPTError as err:
                 broken.append(f"{name}: {err}")
     return found, broken

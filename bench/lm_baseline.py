@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.infer.predict import calibrate_scores, few_shot_prompts, score_label_words
 from minigpt.loading import load_model
 from minigpt.metrics import classification_report
@@ -43,7 +43,7 @@ def main() -> None:
     ids = {n: i for i, n in enumerate(names)}
     for k in args.shots:
         rng = random.Random(args.seed)
-        pool = {n: [t for t, l in zip(train.texts, train.labels) if l == n and len(t) < 200] for n in names}
+        pool = {n: [t for t, label in zip(train.texts, train.labels) if label == n and len(t) < 200] for n in names}
         examples = [(rng.choice(pool[names[i % len(names)]]), words[names[i % len(names)]]) for i in range(k)]
         rng.shuffle(examples)
         start = time.perf_counter()

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,20 +31,23 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from minigpt.config_io import build_config, config_help
+from minigpt.config_schema import build_config, config_help
 from minigpt.errors import MiniGPTError
 from minigpt.metrics import classification_report, format_report
 from minigpt.train.classify import ClassifyConfig, load_splits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tfidf_baseline beside this script, however it is loaded
+from tfidf_baseline import positive_float, positive_int, run_main  # noqa: E402
+from tfidf_baseline import strip_html as strip_html_tags  # noqa: E402
+
 TOKEN_PATTERN = r"\w+(?:'\w+)?|[^\w\s]"  # words (don't, it's as one token) and every punctuation mark on its own
-HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 def make_vectorizer(strip_html: bool = False, min_df: int = 1):
     """Binarized uni+bigram counts over lower-cased tokens (optionally with ``<br />`` made a space)."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    preprocess = (lambda t: HTML_BREAK.sub(" ", t).lower()) if strip_html else str.lower
+    preprocess = (lambda t: strip_html_tags(t).lower()) if strip_html else str.lower
     return CountVectorizer(binary=True, ngram_range=(1, 2), token_pattern=TOKEN_PATTERN, preprocessor=preprocess,
                            min_df=min_df)
 
@@ -131,24 +132,10 @@ def fit_nbsvm(counts, labels, classes: tuple[str, str], C: float = 1.0, beta: fl
                  classes=(classes[0], classes[1]))
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def unit_interval(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
@@ -220,16 +207,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser, args = parse_args(argv)
-    try:
-        result = run(args)
-    except MiniGPTError as err:
-        parser.exit(2, f"error: {err}\n")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}", file=sys.stderr)
+    run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from minigpt.config_io import build_config, config_help
+from minigpt.config_schema import build_config, config_help
 from minigpt.errors import MiniGPTError
 from minigpt.metrics import classification_report, format_report
 from minigpt.train.classify import ClassifyConfig, load_splits
@@ -124,10 +124,11 @@ def run(args: argparse.Namespace) -> dict:
                         "strip_html": args.strip_html, "overrides": args.overrides}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser, args = parse_args(argv)
+def run_main(parse, run_, argv: list[str] | None) -> None:
+    """A baseline's command: parse, run (a bad config is one ``error:`` line), write ``--json`` if asked."""
+    parser, args = parse(argv)
     try:
-        result = run(args)
+        result = run_(args)
     except MiniGPTError as err:
         parser.exit(2, f"error: {err}\n")
     if args.json:
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from minigpt.checkpoint import BEST, LAST
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.device import resolve_device, resolve_dtype
 from minigpt.train.loop import Distributed, Run
 from minigpt.train.pretrain import PretrainConfig, pretrain_task

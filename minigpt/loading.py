@@ -86,7 +86,8 @@ def tokenizer(ckpt: Checkpoint) -> Tokenizer:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) -> tuple[GPT, Tokenizer]:
-    """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face GPT-2 folder."""
+    """(language model in eval mode, tokenizer) from a checkpoint, an out_dir or a Hugging Face folder (GPT-2,
+    Llama, Qwen2)."""
     found = _open(path)
     if isinstance(found, Path) and is_hf_classifier(read_hf_config(found)):
         raise MiniGPTError(f"{found} is a Hugging Face classifier (*ForSequenceClassification), not a language "

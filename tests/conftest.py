@@ -55,3 +55,25 @@ def check_export_round_trip():
             assert k1 == k2 and torch.equal(v1, v2), k1
 
     return check
+
+
+@pytest.fixture
+def step_logits(monkeypatch):
+    """``step_logits()`` -> a new list that receives, from then on, each generation step's processed
+    logits (B, V) (what ``SamplingConfig.process`` returns), until the next call starts another."""
+    from minigpt.infer.generate import SamplingConfig
+
+    target, real = [[]], SamplingConfig.process
+
+    def recording(self, *args):
+        out = real(self, *args)
+        target[0].append(out)
+        return out
+
+    monkeypatch.setattr(SamplingConfig, "process", recording)
+
+    def new_list() -> list:
+        target[0] = []
+        return target[0]
+
+    return new_list

@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, save_hf
-from minigpt.checkpoint import LAST, save_tensors
+from minigpt.checkpoint import LAST
+from minigpt.files import save_tensors
 from minigpt.cli import data as data_cli
 from minigpt.cli import classify as classify_cli
 from minigpt.cli import evaluate as evaluate_cli
@@ -392,6 +393,7 @@ CASES = [
     ("window-stride-0", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows", "--window_stride=0"), "window_stride must be at least 1, got 0"),
     ("window-stride-window", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows", "--max_length=8", "--window_stride=8"), "window_stride=8 must be from 1 to 7: windows of max_length=8 tokens must overlap or touch"),
     ("window-stride-block", "train", lambda ws, t: clf_args(ws, t, "--long_text=windows"), "window_stride=128 must be from 1 to 15"),
+    ("document-start-char", "train", lambda ws, t: clf_args(ws, t, "--document_start=true"), "document_start needs a tokenizer with a beginning- or end-of-text token; the char tokenizer has neither"),
     ("head-tail-too-long", "train", lambda ws, t: clf_args(ws, t, "--truncate=head_tail", "--max_length=8", "--head_tokens=8"), "head_tokens=8 must be from 1 to 7: the head is part of max_length=8"),
     ("tokenizer", "train", lambda ws, t: clf_args(ws, t, "--tokenizer=bpe"), "tokenizer must be one of char, gpt2, or the path of a tokenizer folder or tokenizer.json; got 'bpe' (no such file or folder)"),
     ("clf-tokenizer-not-init-from", "train", lambda ws, t: clf_args(ws, t, f"--init_from={ws / 'lm'}", f"--tokenizer={trained_tokenizer(ws, t)}"), "is not the tokenizer of init_from"),
@@ -406,7 +408,7 @@ CASES = [
     ("jsonl-missing-key", "train", lambda ws, t: clf_args(ws, t, csv='{"text": "a", "label": "x"}\n{"text": "b"}\n', suffix="jsonl"), "d.jsonl:2: no key 'label'"),
     ("csv-open-quote", "train", lambda ws, t: clf_args(ws, t, csv='text,label\n"unclosed,x\nb,y\n'), "d.csv:3: not valid CSV"),
     ("header-read-as-row", "train", lambda ws, t: clf_args(ws, t, "--header=false", "--text_column=0", "--label_column=1"), "reviews.csv:1: the label 'label' occurs only on the first line: a header line?"),
-    ("train-file-not-utf8", "train", lambda ws, t: clf_args(ws, t, csv=None, *[f"--train_file={ws / 'latin1.txt'}"]), "latin1.txt: not UTF-8 text"),
+    ("train-file-not-utf8", "train", lambda ws, t: clf_args(ws, t, f"--train_file={ws / 'latin1.txt'}", csv=None), "latin1.txt: not UTF-8 text"),
     ("split-empty", "train", lambda ws, t: clf_args(ws, t, "--split=0.98,0.01,0.01", csv="text,label\na,x\nb,y\nc,x\nd,y\n"), "the val split is empty"),
     ("labels-incomplete", "train", lambda ws, t: clf_args(ws, t, "--labels=pos,meh"), "labels ['neg'] are not among the known classes"),
     ("pair-without-eot", "train", lambda ws, t: clf_args(ws, t, "--text_column=text,label", "--text_separator=<|endoftext|>"), "needs a tokenizer with an end-of-text token"),

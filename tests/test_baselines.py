@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.train.classify import ClassifyConfig, load_splits
 
 REPO = Path(__file__).resolve().parents[1]

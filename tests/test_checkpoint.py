@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, MiniGPTError
-from minigpt.checkpoint import load_checkpoint, save_checkpoint, save_tensors
+from minigpt.checkpoint import load_checkpoint, save_checkpoint
+from minigpt.files import save_tensors
 
 
 def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):

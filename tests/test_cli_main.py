@@ -55,3 +55,17 @@ def test_console_script_and_module_behave_identically(tmp_path):
     a = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
     b = subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr) and a.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["train", "sample", "evaluate", "classify"])
+def test_help_names_every_hugging_face_family_read(capsys, name):
+    """Every command that reads a Hugging Face folder says which families it reads (the list in
+    minigpt.interop.hf, not a copy that a new family would leave behind)."""
+    from minigpt.interop.hf import HF_FAMILIES
+
+    try:
+        run_cli(main, [name, "--help"])
+    except SystemExit:  # argparse's --help exits; train's own help returns
+        pass
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(family in text for family in HF_FAMILIES.split(", ")), text[:600]

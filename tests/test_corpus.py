@@ -18,7 +18,7 @@ import pytest
 from minigpt import GPT2Tokenizer, MiniGPTError, MiniGPTWarning
 from minigpt.cli import data as data_cli
 from minigpt.cli import run_cli
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.data import corpus, sources
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta, open_split
@@ -181,9 +181,8 @@ def test_jsonl_gzip_and_parquet_records_decode_back_to_their_texts(tmp_path, web
 
 def test_records_go_to_val_by_a_seeded_draw(tmp_path, web_texts):
     write(tmp_path / "web.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in web_texts))
-    a = prepare_corpus(tmp_path / "web.jsonl", tmp_path / "a", "gpt2", seed=1, progress=False)
-    b = prepare_corpus(tmp_path / "web.jsonl", tmp_path / "b", "gpt2", seed=1, progress=False)
-    c = prepare_corpus(tmp_path / "web.jsonl", tmp_path / "c", "gpt2", seed=2, progress=False)
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        prepare_corpus(tmp_path / "web.jsonl", tmp_path / name, "gpt2", seed=seed, progress=False)
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
     assert split_ids(tmp_path / "a", "val").tolist() != split_ids(tmp_path / "c", "val").tolist()
     sized = prepare_corpus(tmp_path / "web.jsonl", tmp_path / "d", "gpt2", val_tokens=3000, progress=False)

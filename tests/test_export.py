@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt.checkpoint import load_tensors, save_checkpoint
+from minigpt.checkpoint import save_checkpoint
+from minigpt.files import load_tensors
 from minigpt.cli import run_cli
 from minigpt.cli.export import main as export_main
 from minigpt.data.tokenizers import CharTokenizer, GPT2Tokenizer, HFTokenizer, bundled_gpt2_files
@@ -98,7 +99,7 @@ def minigpt_logits(model: GPTClassifier, tok, texts=TEXTS) -> torch.Tensor:
     x = torch.tensor([i + [0] * (T - len(i)) for i in ids])
     mask = torch.tensor([[1] * len(i) + [0] * (T - len(i)) for i in ids])
     with torch.no_grad():
-        return model(x, mask, right_padded=True)[0]
+        return model(x, attention_mask=mask, right_padded=True)[0]
 
 
 @pytest.mark.parametrize("arch,n_classes,head_bias,lora", [
@@ -132,6 +133,50 @@ def test_tokenizer_json_goes_with_the_folder(tmp_path):
     assert back_tok.encode(TEXTS[1]) == tok.encode(TEXTS[1])
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "tokenizer.json"])
+def test_document_start_goes_with_the_folder(tmp_path, kind):
+    """document_start: every text starts with the end-of-text token (the tokenizer has no BOS). minigpt's
+    probabilities are the model's on [eot] + ids (a forward pass written here), differ from those without
+    the token, and the exported folder's tokenizer puts it there too: transformers' pipeline agrees, and
+    so does the folder read back, cut to its tail (the token stays first)."""
+    if kind == "gpt2":
+        tok = GPT2Tokenizer()
+    else:  # a word-level tokenizer.json without a template: no BOS, end-of-text </s>
+        folder = word_level_folder(tmp_path)
+        data = json.loads((folder / "tokenizer.json").read_text())
+        data["post_processor"] = None
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+        tok = HFTokenizer.from_folder(folder)
+        assert tok.bos_token is None
+    model = tiny_classifier("gpt2", vocab_size=tok.vocab_size)
+    meta = {"labels": LABELS3, "max_length": 64, "truncate": "head", "document_start": True}
+    _, probs = classify_texts(model, tok, TEXTS, meta, torch.device("cpu"))
+    with torch.no_grad():
+        expected = torch.cat([model(torch.tensor([[tok.eot_token, *tok.encode(t)]]))[0] for t in TEXTS]).softmax(-1)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+    without = classify_texts(model, tok, TEXTS, {**meta, "document_start": False}, torch.device("cpu"))[1]
+    assert (without - probs).abs().max() > 1e-3
+    save_hf_classifier(model, tok, meta, tmp_path / "hf")
+    torch.testing.assert_close(pipeline_probs(tmp_path / "hf", LABELS3), probs, atol=1e-4, rtol=0)
+    back, back_tok, back_meta = load_classifier(tmp_path / "hf")
+    assert back_meta["document_start"] is True
+    torch.testing.assert_close(classify_texts(back, back_tok, TEXTS, back_meta, torch.device("cpu"))[1], probs,
+                               atol=1e-5, rtol=0)
+    tail = {**meta, "max_length": 4, "truncate": "tail"}  # tail: [eot] + the last 3 tokens
+    short = classify_texts(model, tok, TEXTS, tail, torch.device("cpu"))[1]
+    with torch.no_grad():
+        expected = torch.cat([model(torch.tensor([[tok.eot_token, *tok.encode(t)[-3:]]]))[0] for t in TEXTS])
+    torch.testing.assert_close(short, expected.softmax(-1), atol=1e-5, rtol=0)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**json.loads((tmp_path / "hf" / "config.json").read_text()),
+                                                             "minigpt": {"max_length": 4, "truncate": "tail",
+                                                                         "document_start": True}}))
+    if kind == "gpt2":  # transformers' left truncation keeps the start token first, as minigpt does
+        cfg = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+        (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 4,
+                                                                           "truncation_side": "left"}))
+        torch.testing.assert_close(pipeline_probs(tmp_path / "hf", LABELS3), short, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["GPT2", "Llama"])
 def test_import_of_a_transformers_classifier_and_round_trip(tmp_path, kind):
     torch.manual_seed(1)
@@ -155,7 +200,7 @@ def test_import_of_a_transformers_classifier_and_round_trip(tmp_path, kind):
     mask = torch.tensor([[1] * len(i) + [0] * (T - len(i)) for i in ids])
     with torch.no_grad():
         expected = hf(input_ids=x, attention_mask=mask).logits
-    torch.testing.assert_close(model(x, mask, right_padded=True)[0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(x, attention_mask=mask, right_padded=True)[0], expected, atol=1e-5, rtol=0)
     backbone, _, (head, labels) = load_backbone(tmp_path / "theirs")  # init_from: a fine-tuning starts from its backbone
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), model.backbone.state_dict().values()))
     assert labels == meta["labels"] and torch.equal(head.out.weight, model.head.out.weight)
@@ -211,7 +256,7 @@ def test_onnx_runtime_matches(tmp_path):
         mask = torch.ones(batch, length, dtype=torch.long)
         mask[-1, length // 2:] = 0
         with torch.no_grad():
-            expected = model(ids, mask, right_padded=True)[0]
+            expected = model(ids, attention_mask=mask, right_padded=True)[0]
         got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
 

@@ -24,11 +24,12 @@ PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 8, 15, 16]]
 
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
-def test_cache_equals_recomputation(backend, pos):
+def test_cache_equals_recomputation(backend, pos, step_logits):
     m = model(backend, pos)
-    with_cache, without = [], []
-    a = generate(m, PROMPTS, 72, do_sample=False, use_cache=True, step_logits=with_cache)
-    b = generate(m, PROMPTS, 72, do_sample=False, use_cache=False, step_logits=without)
+    with_cache = step_logits()
+    a = generate(m, PROMPTS, 72, do_sample=False, use_cache=True)
+    without = step_logits()
+    b = generate(m, PROMPTS, 72, do_sample=False, use_cache=False)
     assert a == b and all(len(row) == 72 for row in a)
     for x, y in zip(with_cache, without):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=0)
@@ -217,12 +218,12 @@ def window_lengths(prompt_len: int, steps: int, block: int) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
-def test_logits_after_a_cache_refill_equal_a_full_forward_over_the_cached_window(backend):
+def test_logits_after_a_cache_refill_equal_a_full_forward_over_the_cached_window(backend, step_logits):
     block, steps = 16, 40  # 2.5 x block_size new tokens: several refills
     m = model(backend, block=block)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 8, 15, 16]]
-    logged = []
-    out = generate(m, prompts, steps, do_sample=False, step_logits=logged)
+    logged = step_logits()
+    out = generate(m, prompts, steps, do_sample=False)
     lengths = window_lengths(len(prompts[0]), steps, block)  # the batch is left-padded to the longest prompt
     assert sum(later < earlier for earlier, later in zip(lengths, lengths[1:])) >= 2  # refills happened
     for row, (prompt, new) in enumerate(zip(prompts, out)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,13 +104,13 @@ def test_right_padded_classification_runs_attention_without_a_mask(monkeypatch):
         ids = torch.randint(1, 60, (3, 12))
         mask = torch.ones(3, 12, dtype=torch.long)
         mask[1, 7:], mask[2, 3:] = 0, 0
-        masked, _ = model(ids, mask)  # as before: the mask in attention too
+        masked, _ = model(ids, attention_mask=mask)  # as before: the mask in attention too
         seen = []
         original = CausalSelfAttention.forward
         monkeypatch.setattr(CausalSelfAttention, "forward",
-                            lambda self, x, attention_mask=None, *a, **k: seen.append(attention_mask) or
-                            original(self, x, attention_mask, *a, **k))
-        unmasked, _ = model(ids, mask, right_padded=True)
+                            lambda self, x, attention_mask=None, *a, seen=seen, original=original, **k:
+                            seen.append(attention_mask) or original(self, x, attention_mask, *a, **k))
+        unmasked, _ = model(ids, attention_mask=mask, right_padded=True)
         monkeypatch.setattr(CausalSelfAttention, "forward", original)
         assert seen and all(m is None for m in seen)
         torch.testing.assert_close(unmasked, masked, atol=1e-5, rtol=0)
@@ -220,9 +221,9 @@ def test_cuda_check_runs_on_the_cpu(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["check"]: r["status"] for r in json.loads((tmp_path / "c.json").read_text())["rows"]}
-    assert rows == {"env": "PASS", "attention": "PASS", "greedy": "PASS", "flash": "SKIP", "syncs": "SKIP",
-                    "compile": "PASS", "speed": "PASS", "torchrun": "SKIP", "fp16": "SKIP", "generation": "PASS",
-                    "resume": "PASS"}
+    assert rows == {"preflight": "PASS", "env": "PASS", "attention": "PASS", "greedy": "PASS", "flash": "SKIP",
+                    "syncs": "SKIP", "compile": "PASS", "speed": "PASS", "torchrun": "SKIP", "torchrun_gpu": "SKIP",
+                    "fp16": "SKIP", "generation": "PASS", "resume": "PASS"}
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
@@ -318,6 +319,51 @@ def test_a_compiled_decode_step_compiles_once_and_keeps_its_static_cache(monkeyp
     assert torch.stack([a for a, _ in steps], 1).tolist() == generate(model, [[1, 2]] * 2, 12, do_sample=False)
     assert torch.stack([b for _, b in steps], 1).tolist() == generate(model, [[3, 4]] * 2, 12, do_sample=False)
     assert sum(cache.static for cache in made) == 2  # the first stream took the idle cache, the second made one
+
+
+def _inductor_decode_code(model: GPT, cache) -> str:
+    """The C++ Inductor generates for one compiled static-cache decode step, after a 4-token prompt."""
+    from torch._inductor.utils import run_and_get_code
+
+    from minigpt.infer.generate import _decode_step
+
+    B, S = cache.batch_size, cache.max_len
+    mask = torch.zeros(B, S, dtype=torch.long)
+    mask[:, :5] = 1
+    with torch.no_grad():
+        model(torch.randint(0, 64, (B, 4)), attention_mask=mask, position_ids=torch.arange(4).expand(B, 4),
+              kv_cache=cache, logits_to_keep=1)
+        torch._dynamo.reset()
+        step = torch.compile(_decode_step, dynamic=False)
+        logits, code = run_and_get_code(step, model, torch.randint(0, 64, (B, 1)), torch.full((B, 1), 4), mask, cache)
+    return "\n".join(code)
+
+
+def _longest_loop(code: str) -> int:
+    """The largest constant trip count of a loop in Inductor's C++ (``x0<static_cast<int64_t>(16384L)``)."""
+    return max(int(n) for n in re.findall(r"x\d+<static_cast<int64_t>\((\d+)L\)", code))
+
+
+def test_inductor_writes_the_static_cache_in_place():
+    """The compiled decode step writes its one new slot into each layer's cache tensor: no loop of the
+    generated code runs over a whole layer's cache (one would copy it every token). The same check
+    catches the layout this replaced, one (L, B, H, S, D) block written through select views, so it
+    can fail."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
+    layer_numel = 2 * 2 * 256 * 16  # (B, Hkv, S, D): larger than any weight, activation or mask here
+
+    cache = model.backbone.new_kv_cache(2, 256, torch.float32, static=True)
+    addresses = [t.data_ptr() for t in (*cache.k, *cache.v)]
+    assert _longest_loop(_inductor_decode_code(model, cache)) < layer_numel
+    assert [t.data_ptr() for t in (*cache.k, *cache.v)] == addresses
+    assert all(bool(t[:, :, 4].ne(0).any()) for t in (*cache.k, *cache.v))  # the new slot was written
+
+    stacked = model.backbone.new_kv_cache(2, 256, torch.float32, static=True)
+    stacked.k, stacked.v = torch.stack(stacked.k), torch.stack(stacked.v)  # (L, B, H, S, D): k[layer] is a view
+    for block in (stacked.k, stacked.v):
+        torch._dynamo.mark_static_address(block)
+    assert _longest_loop(_inductor_decode_code(model, stacked)) >= layer_numel
 
 
 def test_alternating_batch_sizes_keep_one_static_cache_each(monkeypatch):
@@ -427,3 +473,52 @@ def test_ddp_gradients_stay_views_of_its_buckets(tmp_path, monkeypatch):
             assert [p.grad.untyped_storage().data_ptr() for p in net.parameters()] == storage
     finally:
         dist.destroy_process_group()
+
+
+def test_the_heap_is_frozen_after_the_first_step_and_thawed_after_the_run(tmp_path, char_corpus, monkeypatch):
+    """From the second step on, what was alive after the first (torch, the model, compiled graphs) sits in
+    the collector's permanent generation, so a full collection skips it; when the run ends (finished or
+    interrupted) it is handed back, so a process that goes on collects those objects again."""
+    import gc
+
+    from minigpt.train.loop import fit
+
+    cfg = PretrainConfig(data_dir=str(char_corpus(tmp_path, 20_000)), out_dir=str(tmp_path / "out"), n_layer=1,
+                         n_head=2, n_embd=16, block_size=16, batch_size=2, max_iters=3, eval_interval=3,
+                         eval_iters=1, progress=False, plot=False, device="cpu")
+    frozen, real_step = [], Run.step
+
+    def step(self):
+        frozen.append(gc.get_freeze_count())  # before this step
+        real_step(self)
+
+    monkeypatch.setattr(Run, "step", step)
+    cpu = torch.device("cpu")
+    (tmp_path / "out").mkdir()
+    gc.unfreeze()
+    fit(pretrain_task(cfg, Distributed(False), cpu), cfg, Distributed(False), cpu, torch.float32)
+    assert frozen[0] == 0 and frozen[1] > 10_000 and frozen[2] == frozen[1]
+    assert gc.get_freeze_count() == 0
+
+
+def test_cuda_check_skips_the_compiled_rows_when_the_preflight_cannot_compile(tmp_path, monkeypatch):
+    """If a one-line function does not compile (no Triton, no C++ toolchain), the preflight row says why
+    and the rows that compile are SKIP rows carrying that reason, not one failure each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cuda_check_under_test", REPO / "bench" / "cuda_check.py")
+    cuda_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_check)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Cannot find a working triton installation")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cpu = torch.device("cpu")
+    cuda_check.preflight(cpu, True)
+    cuda_check.compiled(cpu, True)
+    cuda_check.speed(cpu, True)
+    rows = {r["check"]: r for r in cuda_check.ROWS}
+    assert rows["preflight"]["status"] == "FAIL" and "triton" in rows["preflight"]["detail"]
+    assert rows["compile"]["status"] == rows["speed"]["status"] == "SKIP"
+    assert "triton" in rows["compile"]["detail"] and "preflight" in rows["speed"]["detail"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, MiniGPTError
-from minigpt.checkpoint import save_tensors
+from minigpt.files import save_tensors
 from minigpt.model.heads import ClassificationHead, pool
 from minigpt.model.lora import apply_lora, merge_lora, unmerge_lora
 from minigpt.model.model import GPTClassifier
@@ -33,7 +33,7 @@ def test_padded_batch_equals_each_example_alone(backend, pooling, side):
     for row, t in enumerate(texts):
         sl = slice(0, len(t)) if side == "right" else slice(T - len(t), T)
         ids[row, sl], mask[row, sl] = torch.tensor(t), 1
-    batched, _ = model(ids, mask)
+    batched, _ = model(ids, attention_mask=mask)
     for row, t in enumerate(texts):
         alone, _ = model(torch.tensor([t]))
         torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=0)
@@ -128,5 +128,5 @@ def test_remove_head_drops_only_an_inactive_head():
         model.remove_head("default")
     model.remove_head("topic")
     assert list(model.heads) == ["default"]
-    with pytest.raises(KeyError, match="no head named 'topic'"):
+    with pytest.raises(MiniGPTError, match="no head named 'topic'"):
         model.remove_head("topic")

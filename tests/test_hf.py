@@ -107,3 +107,19 @@ def test_exported_config_names_end_of_text_only_for_the_gpt2_vocabulary(vocab, e
     hf_config = to_hf_config(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=8))
     assert hf_config["bos_token_id"] == hf_config["eos_token_id"] == eot
     assert transformers.GPT2Config(**hf_config).eos_token_id == eot
+
+
+def test_export_refuses_a_model_setting_it_has_no_rule_for():
+    """A GPTConfig field that export neither writes, nor checks, nor knows to leave out (as a new one
+    would be) stops the export, naming the field; today's fields all have a rule."""
+    import dataclasses
+
+    from minigpt.interop.hf import check_fields_mapped
+
+    @dataclasses.dataclass
+    class WithANewKnob(GPTConfig):
+        new_knob: int = 3
+
+    with pytest.raises(MiniGPTError, match=r"no Hugging Face mapping for the model setting\(s\) new_knob"):
+        to_hf_config(WithANewKnob(n_layer=1, n_head=2, n_embd=8, block_size=8))
+    check_fields_mapped(GPTConfig())

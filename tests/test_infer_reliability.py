@@ -373,7 +373,7 @@ def test_perplexity_reads_a_split_window_by_window_and_refuses_non_finite_logits
 
 def test_classifying_with_non_finite_logits_is_an_error():
     class NaNClassifier(torch.nn.Module):
-        def forward(self, ids, mask, right_padded=True):
+        def forward(self, ids, *, attention_mask=None, right_padded=True):
             return torch.full((ids.size(0), 2), float("nan")), None
 
     tok = CharTokenizer.from_text("abc")

@@ -25,7 +25,7 @@ LAYERS = [
     ("interop", ["minigpt.interop"]),  # Hugging Face folders in and out
     ("model", ["minigpt.model"]),  # config, layers, backbone and heads, LoRA
     ("data", ["minigpt.data"]),  # tokenizers, corpus preparation, token files, labelled text
-    ("base", ["minigpt.config_io", "minigpt.checkpoint", "minigpt.device", "minigpt.perf", "minigpt.metrics",
+    ("base", ["minigpt.config_schema", "minigpt.checkpoint", "minigpt.files", "minigpt.device", "minigpt.perf", "minigpt.metrics",
               "minigpt.locks", "minigpt.errors"]),
 ]
 FUNCTION_LEVEL_OK = {"matplotlib", "transformers", "pyarrow", "tokenizers", "onnxscript"}  # optional extras, imported where they are used

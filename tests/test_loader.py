@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from minigpt import GPT2Tokenizer, MiniGPTError
-from minigpt.checkpoint import LAST, load_checkpoint, write_json
+from minigpt.checkpoint import LAST, load_checkpoint
+from minigpt.files import write_json
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import Windows, load_meta, open_split, to_device
 from minigpt.train.pretrain import PretrainConfig, train

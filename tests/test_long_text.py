@@ -105,13 +105,37 @@ def test_pool_windows_is_differentiable_and_matches_a_loop():
         logits.grad = None
 
 
+def test_document_start_puts_the_end_of_text_token_before_every_text_and_window():
+    """GPT-2 has no BOS: with document_start each text, and each of its windows, starts with <|endoftext|>
+    (as every document did in pretraining); the windows after it cover the text as windows() says."""
+    from minigpt.data.tokenizers import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    texts = ["a short one", " ".join(f"word{i}" for i in range(40))]
+    data = LabelledText(texts, ["x", "x"], "input")
+    for long_text, max_length in (("windows", 12), ("truncate", 12), ("truncate", 64)):
+        rule = LongText(max_length, long_text=long_text, window_stride=5, document_start=True)
+        enc = EncodedTexts(data, tok, ["x"], rule)
+        for i, text in enumerate(texts):
+            ids = tok.encode(text)
+            if len(ids) + 1 <= max_length:
+                expected = [[tok.eot_token, *ids]]
+            elif long_text == "windows":
+                expected = [[tok.eot_token, *w] for w in windows(ids, max_length - 1, 5)]
+            else:
+                expected = [[tok.eot_token, *ids[:max_length - 1]]]
+            assert enc.pieces(i) == expected
+        plain = EncodedTexts(data, tok, ["x"], LongText(max_length, long_text=long_text, window_stride=5))
+        assert all(p[0] != tok.eot_token for i in range(2) for p in plain.pieces(i))
+
+
 @pytest.mark.parametrize("long_text,truncate_", [("windows", "head"), ("truncate", "head_tail")])
 def test_training_and_prediction_read_long_texts_the_same_way(tmp_path, long_text, truncate_):
     """The test report written at the end of training equals what the saved classifier predicts
     for those texts through classify_texts (python -m minigpt.classify), under the stored rule."""
     rng = random.Random(0)
     rows = []
-    for i in range(200):
+    for _ in range(200):
         label = rng.choice(["pos", "neg"])
         filler = " ".join(rng.choice(["plot", "cast", "scene", "music"]) for _ in range(rng.randint(2, 12)))
         word = rng.choice(["great", "superb"] if label == "pos" else ["awful", "dull"])

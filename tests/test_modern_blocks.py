@@ -158,12 +158,13 @@ def llama_style(backend="sdpa", **kw) -> GPT:
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
-def test_cached_greedy_decoding_equals_recomputation_with_rope_gqa_and_qk_norm(backend):
+def test_cached_greedy_decoding_equals_recomputation_with_rope_gqa_and_qk_norm(backend, step_logits):
     model = llama_style(backend)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 8, 15, 16]]  # left-padded: mixed lengths
-    with_cache, without = [], []
-    a = generate(model, prompts, 40, do_sample=False, use_cache=True, step_logits=with_cache)
-    b = generate(model, prompts, 40, do_sample=False, use_cache=False, step_logits=without)
+    with_cache = step_logits()
+    a = generate(model, prompts, 40, do_sample=False, use_cache=True)
+    without = step_logits()
+    b = generate(model, prompts, 40, do_sample=False, use_cache=False)
     assert a == b and all(len(row) == 40 for row in a)
     for step, (x, y) in enumerate(zip(with_cache, without)):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=0, msg=f"step {step}")

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt.checkpoint import BEST, LAST, atomic_path, load_checkpoint, write_json
+from minigpt.checkpoint import BEST, LAST, load_checkpoint
+from minigpt.files import atomic_path, write_json
 from minigpt.cli import run_cli
 from minigpt.cli import train as train_cli
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.errors import MiniGPTError
 from minigpt.train.classify import ClassifyConfig, finetune
 from minigpt.train.loop import Distributed, NonFiniteLoss, Task, fit, prepare_out_dir

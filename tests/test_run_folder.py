@@ -21,7 +21,7 @@ import torch
 from minigpt.checkpoint import LAST, load_checkpoint
 from minigpt.cli import run_cli
 from minigpt.cli import train as train_cli
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.device import memory_errors
 from minigpt.errors import MiniGPTError
 from minigpt.locks import hold_lock
@@ -179,7 +179,7 @@ def test_a_full_disk_at_a_checkpoint_leaves_the_last_one_whole(old_run, char_dat
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("minigpt.checkpoint.save_file", full)
+    monkeypatch.setattr("minigpt.files.save_file", full)
     code, err = cli(capsys, train_args(char_data, out, "--resume", "--max_iters=6"))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "cannot write the checkpoint at iteration" in lines[0]

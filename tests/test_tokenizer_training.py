@@ -29,7 +29,7 @@ from minigpt.cli import evaluate as evaluate_cli
 from minigpt.cli import run_cli
 from minigpt.cli import sample as sample_cli
 from minigpt.cli import tokenizer as tokenizer_cli
-from minigpt.config_io import build_config
+from minigpt.config_schema import build_config
 from minigpt.data.bpe import train_bpe
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta, open_split

@@ -17,7 +17,7 @@ import torch
 
 from minigpt import GPT, GPTConfig, MiniGPTError, load_model, save_hf
 from minigpt.checkpoint import BEST, LAST, load_checkpoint
-from minigpt.config_io import build_config, config_help, read_toml
+from minigpt.config_schema import build_config, config_help, read_toml
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta
 from minigpt.model.layers import CausalSelfAttention
@@ -315,7 +315,7 @@ def test_a_hugging_face_folder_takes_the_run_time_choices(tmp_path):
 
 
 def test_resume_may_change_the_attention_backend_but_not_the_architecture(char_data, tmp_path):
-    straight = train(tiny_cfg(char_data, tmp_path / "a", dropout=0.0))
+    train(tiny_cfg(char_data, tmp_path / "a", dropout=0.0))
     train(tiny_cfg(char_data, tmp_path / "b", max_iters=10, dropout=0.0))
     resumed = train(tiny_cfg(char_data, tmp_path / "b", resume=True, attn_backend="manual", dropout=0.0))
     assert resumed["iter_num"] == 20

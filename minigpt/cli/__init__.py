@@ -51,6 +51,22 @@ class ArgumentParser(argparse.ArgumentParser):
         raise MiniGPTError(f"{self.prog}: {message} (see --help)")
 
 
+def add_corpus_inputs(p: argparse.ArgumentParser, purpose: str) -> None:
+    """``--input`` and ``--texts_of``, as corpus preparation and the tokenizer trainer both read a corpus;
+    ``corpus_inputs_given`` checks that one was given."""
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
+    p.add_argument("--texts_of", metavar="CONFIG",
+                   help=f"the training texts (labels dropped, one document each) of a classification config, after "
+                        f"those of --input if given: {purpose}. Its val and test texts are left out wherever they "
+                        f"occur, --input included (at least one of --input and --texts_of is needed)")
+
+
+def corpus_inputs_given(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.input is None and args.texts_of is None:
+        p.error("give --input PATH ..., --texts_of CONFIG, or both")
+
+
 def read_stdin() -> str:
     """Standard input as UTF-8 text, or a one-line error."""
     data = sys.stdin.buffer.read()

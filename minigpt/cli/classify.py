@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import sys
 
-from ..checkpoint import output_file, read_text
+from ..files import output_file, read_text
 from ..device import DEVICE_HELP, resolve_device
 from ..errors import MiniGPTError
 from ..infer.predict import classify_texts
+from ..interop.hf import HF_FAMILIES
 from ..loading import load_classifier
 from . import ArgumentParser, read_stdin
 
@@ -17,8 +18,8 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m minigpt.classify",
                        description="Classify texts with a fine-tuned checkpoint: label and class probabilities.")
     p.add_argument("texts", nargs="*", help="texts to classify (or --file, or standard input: one text per line)")
-    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir, a Hugging Face "
-                   "*ForSequenceClassification folder, or a PEFT LoRA adapter folder")
+    p.add_argument("--ckpt", required=True, help=f"classification checkpoint or its out_dir, a Hugging Face "
+                   f"*ForSequenceClassification folder ({HF_FAMILIES}), or a PEFT LoRA adapter folder over one")
     p.add_argument("--base", help="for a PEFT adapter: its base folder (default: the adapter's base_model_name_or_path)")
     p.add_argument("--file", help="a text file with one text per line")
     p.add_argument("--out", help="write a CSV (text, label, one probability column per class) instead of printing")

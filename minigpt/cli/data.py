@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 
-from ..checkpoint import output_dir
+from ..files import output_dir
 from ..data.corpus import prepare_corpus
 from ..data.tokenizers import TOKENIZER_KINDS
 from ..errors import MiniGPTError
 from ..train.classify import pretraining_texts
-from . import ArgumentParser
+from . import ArgumentParser, add_corpus_inputs, corpus_inputs_given
 
 EPILOG = """examples:
   python -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
@@ -48,13 +48,7 @@ def parser() -> ArgumentParser:
                     "(one a row; needs pip install 'minigpt[data]'). Nothing is downloaded; the corpus is read as a "
                     "stream, in bounded memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="PATH",
-                   help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
-    p.add_argument("--texts_of", metavar="CONFIG",
-                   help="the training texts (labels dropped, one document each) of a classification config, after "
-                        "those of --input if given: in-domain text for pretraining before fine-tuning on that split. "
-                        "Its val and test texts are left out wherever they occur, --input included (at least one of "
-                        "--input and --texts_of is needed)")
+    add_corpus_inputs(p, "in-domain text for pretraining before fine-tuning on that split")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="char", metavar="|".join(TOKENIZER_KINDS) + "|PATH",
                    help="char (the corpus's characters; the default), gpt2 (GPT-2's BPE, bundled), or the path of a "
@@ -81,8 +75,7 @@ def parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.input is None and args.texts_of is None:
-        p.error("give --input PATH ..., --texts_of CONFIG, or both")
+    corpus_inputs_given(p, args)
     if args.char_unknown is not None and (len(args.char_unknown) != 1 or args.tokenizer != "char"):
         p.error("--char_unknown takes one character, with --tokenizer char")
     if args.workers < 1:

@@ -9,6 +9,7 @@ from ..data.corpus import read_texts
 from ..data.loader import load_meta, open_split
 from ..data.tokenizers import same_tokenizer
 from ..device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
+from ..interop.hf import HF_FAMILIES
 from ..errors import MiniGPTError
 from ..infer import perplexity
 from ..loading import load_model
@@ -18,7 +19,7 @@ from . import ArgumentParser
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m minigpt.evaluate", description=perplexity.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face GPT-2 folder")
+    p.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH",
                         help="text to score: files, folders or globs of .txt, .jsonl(.gz) or .parquet documents")

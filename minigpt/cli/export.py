@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..checkpoint import atomic_path, check_new_folder, write_folder
+from ..files import atomic_path, check_new_folder, write_folder
 from ..errors import MiniGPTError, MiniGPTWarning
 from ..interop.hf_classifier import save_hf_classifier
 from ..interop.onnx_export import save_onnx

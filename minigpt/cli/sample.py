@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 import torch
 
-from ..checkpoint import read_text
+from ..files import read_text
 from ..device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
 from ..errors import MiniGPTError
-from ..infer.generate import TextStream, check_batch_fits, check_sampling_args, stream
+from ..infer.generate import SamplingConfig, TextStream, check_batch_fits, check_max_new_tokens, stream
+from ..interop.hf import HF_FAMILIES
 from ..loading import load_model
 from ..model.config import ATTENTION_BACKENDS
 from . import ArgumentParser, read_stdin
@@ -31,10 +33,10 @@ def parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python sample.py",
         description="Generate text from a minigpt checkpoint (file or training out_dir) or a Hugging Face folder "
-                    "(GPT-2, Llama, Qwen2). "
+                    f"({HF_FAMILIES}). "
                     "The prompt comes from --prompt, --prompt_file, or standard input.",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint file, training out_dir, or Hugging Face folder (GPT-2, Llama, Qwen2)")
+    p.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
     p.add_argument("--prompt", help="text to continue (default: standard input if piped, else a newline)")
     p.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
     p.add_argument("--num_samples", type=int, default=1, help="independent samples, generated as one batch")
@@ -65,8 +67,10 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.min_p,
-                        args.repetition_penalty, args.stop)
+    check_max_new_tokens(args.max_new_tokens)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                              repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
+                              stop_strings=args.stop)  # checked here, once, before the model is read
     if args.num_samples < 1:
         raise MiniGPTError(f"--num_samples must be at least 1, got {args.num_samples}")
     if args.stream and args.num_samples > 1:
@@ -96,12 +100,10 @@ def main(argv: list[str]) -> int:
     start, n_tokens = time.perf_counter(), 0
     if live:
         sys.stdout.write(prompt)
-    for next_ids, done in stream(
-        model, [ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, do_sample=not args.greedy,
-        stop_token_ids=stop_ids, stop_strings=args.stop, decode=tok.decode, seed=args.seed, use_cache=not args.no_cache,
-        static_cache=args.static_cache, compile_decode=args.compile,
-    ):
+    sampling = dataclasses.replace(sampling, stop_token_ids=stop_ids, seed=args.seed)
+    for next_ids, done in stream(model, [ids] * args.num_samples, args.max_new_tokens, sampling, decode=tok.decode,
+                                 use_cache=not args.no_cache, static_cache=args.static_cache,
+                                 compile_decode=args.compile):
         for row, (token, row_done) in enumerate(zip(next_ids.tolist(), done.tolist())):
             if row_done or token in stop_ids:
                 continue

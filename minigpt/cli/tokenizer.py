@@ -6,13 +6,13 @@ import argparse
 import time
 from typing import Iterator
 
-from ..checkpoint import check_new_folder, write_folder
+from ..files import check_new_folder, write_folder
 from ..data.bpe import PAD_TEXT, check_vocab_size, save_tokenizer, special_tokens, train_bpe
 from ..data.corpus import read_texts
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer
 from ..errors import MiniGPTError
 from ..train.classify import pretraining_texts
-from . import ArgumentParser
+from . import ArgumentParser, add_corpus_inputs, corpus_inputs_given
 
 SAMPLE_DOCUMENTS = 1000  # the first documents, on which tokens per document are compared with GPT-2's
 
@@ -37,12 +37,7 @@ def parser() -> ArgumentParser:
                     "trainer) on a corpus: text files, JSONL (also gzipped) and parquet as python -m minigpt.data "
                     "reads them, and the training texts of a classification config.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="PATH",
-                   help="files, folders (searched recursively for .txt, .jsonl, .jsonl.gz, .parquet) or globs")
-    p.add_argument("--texts_of", metavar="CONFIG",
-                   help="the training texts of a classification config, after those of --input if given; its val and "
-                        "test texts are left out wherever they occur, as python -m minigpt.data leaves them out (at "
-                        "least one of --input and --texts_of is needed)")
+    add_corpus_inputs(p, "a vocabulary fit for that domain")
     p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (tokenizer.json, "
                    "tokenizer_config.json)")
@@ -65,8 +60,7 @@ def parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.input is None and args.texts_of is None:
-        p.error("give --input PATH ..., --texts_of CONFIG, or both")
+    corpus_inputs_given(p, args)
     specials = special_tokens(args.eot_token, args.pad_token, args.special_tokens)
     check_vocab_size(args.vocab_size, specials)
     if args.min_frequency < 0:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import LAST
-from ..config_io import build_config, config_help
+from ..config_schema import build_config, config_help
 from ..train import ClassifyConfig, PretrainConfig, config_class, run
 from ..train.loop import Distributed, Interrupted
 from . import program_name

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ..checkpoint import write_json
+from ..files import write_json
 from ..errors import MiniGPTError
 from .tokenizers import EOT_TEXT
 

@@ -61,7 +61,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..checkpoint import output_dir, read_json, remove_stale_temporaries, write_json
+from ..files import output_dir, read_json, remove_stale_temporaries, write_json
 from ..errors import MiniGPTError, MiniGPTWarning
 from ..locks import LOCK_FILE, hold_lock
 from . import sources as sources_module

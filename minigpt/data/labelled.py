@@ -17,7 +17,7 @@ import torch
 
 from ..errors import MiniGPTError
 from .padding import LongText, pad
-from .tokenizers import EOT_TEXT, Tokenizer
+from .tokenizers import EOT_TEXT, Tokenizer, document_start
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_labelled(
         raise MiniGPTError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     text_specs = [t.strip() for t in str(text_column).split(",") if t.strip()]
     if not text_specs:
-        raise MiniGPTError(f"text_column is empty; name the column(s) that hold the text")
+        raise MiniGPTError("text_column is empty; name the column(s) that hold the text")
     data = LabelledText([], [], str(path), parts=[] if len(text_specs) > 1 else None, separator=separator)
     records = _records(path, fmt)
     columns = None  # (text column indices, label column index) for CSV/TSV
@@ -245,6 +245,18 @@ def class_weights(label_ids: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor([n / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)])
 
 
+def text_start(tok: Tokenizer, rule: LongText) -> int | None:
+    """The token before every text a classifier reads: the tokenizer's BOS (Llama's ``<s>``), or, with
+    ``document_start``, the end-of-text token where there is no BOS (GPT-2's ``<|endoftext|>``)."""
+    if not rule.document_start:
+        return tok.bos_token
+    start = document_start(tok)
+    if start is None:
+        raise MiniGPTError(f"document_start needs a tokenizer with a beginning- or end-of-text token; the "
+                           f"{getattr(tok, 'kind', 'given')} tokenizer has neither")
+    return start
+
+
 class EncodedTexts:
     """Token ids and label ids of a split, batched on demand with right padding.
 
@@ -264,13 +276,14 @@ class EncodedTexts:
             encode = getattr(tok, "encode_batch", None)
             self.ids = encode(data.texts) if encode else [tok.encode(t) for t in data.texts]
         empty = next((i for i, x in enumerate(self.ids) if not x), None)
-        if tok.bos_token is not None:  # the tokenizer puts it before every text, as in the model's pretraining
-            self.ids = [[tok.bos_token] + x if x else x for x in self.ids]
+        start = text_start(tok, rule)
+        if start is not None:  # before every text, as before every document in the model's pretraining
+            self.ids = [[start] + x if x else x for x in self.ids]
         if empty is not None:
             where = f"line {data.lines[empty]}" if data.lines else f"text {empty + 1}"
             raise MiniGPTError(f"{data.source}: {where} encodes to no tokens; a text needs at least one character")
         self.labels = torch.tensor([list(names).index(label) for label in data.labels])
-        self.rule, self.bos = rule, tok.bos_token
+        self.rule, self.bos = rule, start
         self.max_length = rule.max_length
         self.n_truncated = sum(len(x) > rule.max_length for x in self.ids)  # texts longer than one piece
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_path, plain_file_name, read_json
+from ..files import atomic_path, plain_file_name, read_json
 from ..errors import MiniGPTError
 from .shards import HEADER_BYTES, LAYOUTS, read_header, sha256
 from .tokenizers import GPT2Tokenizer, tokenizer_from_meta

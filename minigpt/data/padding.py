@@ -14,7 +14,8 @@ from ..errors import MiniGPTError
 TRUNCATIONS = ("head", "tail", "head_tail")  # keep the first tokens | the last | the first few and the last
 LONG_TEXTS = ("truncate", "windows")  # one piece, cut as `truncate` says | every window, logits pooled
 WINDOW_POOLS = ("mean", "max")  # how the windows' class logits become the document's
-LONG_TEXT_KEYS = ("max_length", "truncate", "head_tokens", "long_text", "window_stride", "window_pool")  # LongText's
+LONG_TEXT_KEYS = ("max_length", "truncate", "head_tokens", "long_text", "window_stride", "window_pool",
+                  "document_start")  # LongText's fields
 PAD_SIDES = ("right", "left")  # classification batches | prompts to continue (their ends line up)
 
 
@@ -48,7 +49,9 @@ class LongText:
     piece cut as ``truncate`` says, or (``long_text = "windows"``) windows every ``window_stride``
     tokens whose class logits are pooled (``window_pool``). A text that fits is one piece either way.
     A leading ``bos`` token (Llama's ``<s>``) starts every window, as it starts every text (windows of
-    max_length - 1 tokens after it, the stride at most max_length - 2)."""
+    max_length - 1 tokens after it, the stride at most max_length - 2), and stays first when a text is
+    cut to its tail. ``document_start``: every text starts with the token the language model saw before
+    each document in pretraining (the tokenizer's BOS, else its end-of-text), as a ``bos`` token."""
 
     max_length: int
     truncate: str = "head"
@@ -56,6 +59,7 @@ class LongText:
     long_text: str = "truncate"
     window_stride: int = 128  # windows: tokens between window starts
     window_pool: str = "mean"
+    document_start: bool = False
 
     def __post_init__(self) -> None:
         for key, value, choices in (("truncate", self.truncate, TRUNCATIONS), ("long_text", self.long_text, LONG_TEXTS),
@@ -73,9 +77,12 @@ class LongText:
 
     def pieces(self, ids: Sequence[int], bos: int | None = None) -> list[list[int]]:
         """The token lists the classifier reads for one text (``ids`` starts with ``bos`` if given)."""
+        starts = bos is not None and bool(ids) and ids[0] == bos
         if self.long_text == "truncate":
+            if starts and self.truncate == "tail" and len(ids) > self.max_length:
+                return [[bos, *ids[len(ids) - (self.max_length - 1):]]]  # the start token stays first
             return truncate([ids], self.max_length, self.truncate, self.head_tokens)
-        if bos is None or not ids or ids[0] != bos or self.max_length < 3:
+        if not starts or self.max_length < 3:
             return windows(ids, self.max_length, self.window_stride)
         return [[bos, *w] for w in windows(ids[1:], self.max_length - 1, min(self.window_stride, self.max_length - 2))]
 
@@ -87,6 +94,8 @@ class LongText:
             meta.update(long_text=self.long_text, window_stride=self.window_stride, window_pool=self.window_pool)
         elif self.truncate == "head_tail":
             meta.update(head_tokens=self.head_tokens)
+        if self.document_start:
+            meta.update(document_start=True)
         return meta
 
     @classmethod
@@ -99,6 +108,9 @@ class LongText:
         for key in ("head_tokens", "window_stride"):
             if key in fields and (not isinstance(fields[key], int) or isinstance(fields[key], bool) or fields[key] < 0):
                 raise MiniGPTError(f"{source}: the stored {key} {fields[key]!r} is not a whole number >= 0 (damaged?)")
+        if not isinstance(fields.get("document_start", False), bool):
+            raise MiniGPTError(f"{source}: the stored document_start {fields['document_start']!r} is not true or false "
+                               f"(damaged?)")
         try:
             return cls(**fields)
         except MiniGPTError as err:

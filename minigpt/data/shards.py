@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import current_umask
+from ..files import current_umask
 from ..errors import MiniGPTError
 
 HEADER_INTS = 256

@@ -19,7 +19,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import tiktoken
 
-from ..checkpoint import read_json, read_text
+from ..files import read_json, read_text
 from ..errors import MiniGPTError
 
 EOT_TEXT = "<|endoftext|>"

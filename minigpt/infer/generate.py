@@ -1,7 +1,12 @@
 """Autoregressive generation: logit processors, a KV cache, batched prompts, streaming.
 
 The processors are small functions ``(logits (B, V), ...) -> logits (B, V)`` applied in the order
-Hugging Face applies them: repetition penalty, temperature, top-k, top-p, min-p.
+Hugging Face applies them: repetition penalty, temperature, top-k, top-p, min-p. ``SamplingConfig``
+holds those choices, the stop conditions and the seed, checked once when it is made.
+
+The model reads its context in one of three ways, a small class each: from scratch every step
+(``_NoCache``), with a KV cache that grows (``_DynamicCache``), or with a static one of fixed shape
+whose one-token step can be compiled (``_StaticCache``).
 
 ``stream`` yields one token per sequence per step; ``generate`` collects them. Prompts of different
 lengths are left-padded with an attention mask, and positions count real tokens only, so every row
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -76,40 +82,74 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
 
 
-def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                        min_p: float | None, repetition_penalty: float | None, stop_strings: Sequence[str] = ()) -> None:
-    """A ``MiniGPTError`` naming the first decoding control whose value cannot be used."""
-    def finite(name: str, value: float | None) -> None:
-        if value is not None and not math.isfinite(value):
-            raise MiniGPTError(f"{name} must be a finite number, got {value}")
-
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
-                        ("repetition_penalty", repetition_penalty)):
-        finite(name, value)
-    if max_new_tokens < 1:
-        raise MiniGPTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise MiniGPTError(f"temperature must be ≥ 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise MiniGPTError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}")
-    if min_p is not None and not 0 <= min_p <= 1:
-        raise MiniGPTError(f"min_p must be in [0, 1], got {min_p}")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise MiniGPTError(f"repetition_penalty must be positive, got {repetition_penalty}")
-    if any(s == "" for s in stop_strings):
-        raise MiniGPTError("a stop string is empty; every sample would stop at once (give the text to stop at)")
-
-
 # torch.Generator.manual_seed takes a signed or an unsigned 64-bit integer
 SEED_RANGE = (-(2 ** 63), 2 ** 64)
 
 
-def check_seed(seed: int | None) -> None:
-    """A ``MiniGPTError`` for a seed that a torch generator cannot hold (outside [-2**63, 2**64))."""
-    if seed is not None and not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
-        raise MiniGPTError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each next token is chosen, checked once when made: a ``MiniGPTError`` names the first
+    setting whose value cannot be used. ``temperature=0`` or ``do_sample=False`` is greedy. A row stops
+    after one of ``stop_token_ids``, or once its text contains one of ``stop_strings``. ``seed`` fixes
+    the draws (None: torch's global generator)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool = True
+    stop_token_ids: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise MiniGPTError(f"{name} must be a finite number, got {value}")
+        if self.temperature < 0:
+            raise MiniGPTError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise MiniGPTError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise MiniGPTError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise MiniGPTError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise MiniGPTError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if any(s == "" for s in self.stop_strings):
+            raise MiniGPTError("a stop string is empty; every sample would stop at once (give the text to stop at)")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            raise MiniGPTError(f"seed must be an integer in [-2**63, 2**64), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def process(self, logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """A step's logits (B, V), float32 -> the logits to sample from (or take the argmax of), through
+        the processors in Hugging Face's order. ids (B, N): each row's tokens so far, real (B, N): 1 where
+        not padding (the repetition penalty's tokens already seen)."""
+        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
+            seen = logits.new_zeros(logits.shape).scatter_add_(1, ids, real.float()) > 0  # (B, V)
+            logits = apply_repetition_penalty(logits, seen, self.repetition_penalty)
+        if not self.greedy:
+            logits = apply_temperature(logits, self.temperature)
+            if self.top_k is not None:
+                logits = apply_top_k(logits, self.top_k)
+            if self.top_p is not None and self.top_p < 1.0:
+                logits = apply_top_p(logits, self.top_p)
+            if self.min_p is not None and self.min_p > 0:
+                logits = apply_min_p(logits, self.min_p)
+        return logits
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise MiniGPTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
 
 # ----------------------------------------------------------------------------- batching
@@ -260,6 +300,56 @@ def put_back_static_cache(model: GPT, cache: StaticKVCache) -> None:
         idle.pop(next(iter(idle)))
 
 
+# ----------------------------------------------------------------------------- the three ways to read the context
+#
+# Each step the model reads the rows' tokens so far, ``tokens[:, :n]`` (left-padded; ``real`` marks the
+# tokens that are not padding), and gives the logits of each row's next token. How it reads them is one
+# of three small classes with the same two methods: ``logits(tokens, real, n) -> (B, V)`` and ``close()``.
+
+
+class _NoCache:
+    """Every step reads the last block_size tokens from scratch (for checking the caches)."""
+
+    def __init__(self, model: GPT, padded: bool):
+        self.model, self.padded = model, padded
+
+    def logits(self, tokens: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
+        start = max(0, n - self.model.config.block_size)
+        mask = real[:, start:n] if self.padded else None
+        logits, _ = self.model(tokens[:, start:n], attention_mask=mask, logits_to_keep=1)
+        return logits[:, -1, :]
+
+    def close(self) -> None:
+        pass
+
+
+class _DynamicCache:
+    """Keys and values of the tokens read so far (``KVCache``): one new token per step. A full cache
+    is rebuilt from the last block_size // 2 tokens (see the module's context policy)."""
+
+    def __init__(self, model: GPT, padded: bool, capacity: int, dtype: torch.dtype):
+        self.model, self.padded, self.capacity, self.dtype = model, padded, capacity, dtype
+        self.cache: KVCache | None = None
+        self.start = self.held = 0  # the first token the cache holds; how many it holds
+
+    def logits(self, tokens: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
+        block = self.model.config.block_size
+        if self.cache is None or self.held + 1 > block:  # (re)fill from the recent context
+            self.start = max(0, n - (block if self.cache is None else max(1, block // 2)))  # block 1: the last token
+            self.held = n - self.start
+            self.cache = self.model.backbone.new_kv_cache(tokens.size(0), self.capacity, self.dtype)
+            ids = tokens[:, self.start:n]
+        else:  # one new token against the cached keys and values
+            self.held += 1
+            ids = tokens[:, n - 1:n]
+        mask = real[:, self.start:n] if self.padded else None
+        logits, _ = self.model(ids, attention_mask=mask, kv_cache=self.cache, logits_to_keep=1)
+        return logits[:, -1, :]
+
+    def close(self) -> None:
+        pass
+
+
 def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_mask: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
     """One new token per row against a static cache: shapes and Python numbers never change from one
@@ -268,35 +358,73 @@ def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_m
     return logits[:, -1, :]
 
 
+class _StaticCache:
+    """A cache of fixed shape (``StaticKVCache``) whose every slot attention reads, a mask hiding the
+    empty ones, and whose next slot is a tensor: the one-token step sees the same shapes every time,
+    so it can be compiled (``compile_decode``: with CUDA graphs on a GPU). The cache is taken from the
+    model's idle ones and put back at the end, for the next generation of its shape."""
+
+    def __init__(self, model: GPT, capacity: int, dtype: torch.dtype, compile_decode: bool):
+        self.model, self.capacity, self.dtype = model, capacity, dtype
+        self.cache: StaticKVCache | None = None
+        self.held = 0
+        self.step = _decode_step
+        if compile_decode:
+            device = model.backbone.wte.weight.device
+            compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None,
+                                     dynamic=False)
+            self.step = lambda *args: compiled(*args).clone()  # a CUDA graph overwrites its output at its next replay
+
+    def logits(self, tokens: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
+        block = self.model.config.block_size
+        if self.cache is None or self.held + 1 > block:  # (re)fill: every slot is read, the prompt's first
+            start = max(0, n - (block if self.cache is None else max(1, block // 2)))
+            self.held = n - start
+            if self.cache is None:
+                self.cache = take_static_cache(self.model, tokens.size(0), self.capacity, self.dtype)
+            else:
+                self.cache.reset()  # a refill empties the same tensors
+            self.slot_mask = torch.zeros(tokens.size(0), self.capacity, dtype=torch.long, device=tokens.device)
+            self.slot_mask[:, :self.held] = real[:, start:n]
+            positions = positions_from_mask(self.slot_mask[:, :self.held])  # (B, held)
+            logits, _ = self.model(tokens[:, start:n], attention_mask=self.slot_mask, position_ids=positions,
+                                   kv_cache=self.cache, logits_to_keep=1)
+            self.next_position = positions[:, -1:] + 1  # (B, 1)
+            return logits[:, -1, :]
+        self.slot_mask[:, self.held] = 1  # one new token against every cached slot
+        last = tokens[:, n - 1:n].clone()  # (B, 1), contiguous: a compiled step guards on strides
+        logits = self.step(self.model, last, self.next_position, self.slot_mask, self.cache)
+        self.next_position = self.next_position + 1
+        self.held += 1
+        return logits
+
+    def close(self) -> None:
+        if self.cache is not None:
+            put_back_static_cache(self.model, self.cache)
+
+
 @torch.no_grad()
 def stream(
     model: GPT,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float | None = None,
-    do_sample: bool = True,
-    stop_token_ids: Sequence[int] = (),
-    stop_strings: Sequence[str] = (),
+    sampling: SamplingConfig | None = None,
+    *,
     decode: Callable[[list[int]], str] | None = None,
-    seed: int | None = None,
     use_cache: bool = True,
     static_cache: bool = False,
     compile_decode: bool = False,
-    step_logits: list | None = None,
+    **controls,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(next_ids (B,), already_finished (B,) bool)`` once per step until every row has stopped;
     a row's token is meaningful only while ``already_finished`` is False for it.
 
-    A row stops after emitting one of ``stop_token_ids``, or when its generated text (via ``decode``)
-    contains one of ``stop_strings``; the others go on. ``temperature=0`` or ``do_sample=False`` is
-    greedy. ``static_cache``: a cache of fixed shape (``StaticKVCache``, its length a multiple of
-    ``STATIC_CACHE_MULTIPLE``), kept with the model for the next generation of that shape; with
-    ``compile_decode`` the one-token step is compiled (CUDA graphs on a GPU). ``step_logits``, if a
-    list, receives each step's processed logits (B, V) (for tests).
+    ``sampling`` says how tokens are chosen and when a row stops (``SamplingConfig``); its fields may
+    be given as keywords instead (``do_sample=False``, ``top_k=50``, ...). Stop strings need
+    ``decode`` (the tokenizer's). The context is read without a cache (``use_cache=False``), with the
+    dynamic cache, or with a static one (``static_cache``; its length a multiple of
+    ``STATIC_CACHE_MULTIPLE``, kept with the model for the next generation of that shape); with
+    ``compile_decode`` the static cache's one-token step is compiled (CUDA graphs on a GPU).
 
     The loop reads from the device only where it must. One read answers two questions, whether every
     row has stopped and whether some step's logits were not finite (NaN or inf): every step with
@@ -306,18 +434,20 @@ def stream(
     checks its rows); on a GPU that check is a device-side assert, which ends the process, so such
     a row is drawn uniformly until the read reports it.
     """
-    check_sampling_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings)
-    check_seed(seed)
-    if stop_strings and decode is None:
+    if sampling is None:
+        sampling = SamplingConfig(**controls)
+    elif controls:
+        raise MiniGPTError(f"give the sampling settings either as a SamplingConfig or as keywords, not both "
+                           f"({', '.join(controls)})")
+    check_max_new_tokens(max_new_tokens)
+    if sampling.stop_strings and decode is None:
         raise MiniGPTError("stop_strings need a decode function (the tokenizer's decode)")
     device = model.backbone.wte.weight.device
     dtype = compute_dtype(device, model.backbone.wte.weight)
     check_batch_fits(model, len(prompts), max((len(p) for p in prompts), default=0), max_new_tokens, dtype, static_cache)
     was_training = model.training
     model.eval()
-    block = model.config.block_size
     V = model.config.vocab_size
-    greedy = not do_sample or temperature == 0
 
     def out_of_memory(err: BaseException) -> MiniGPTError:
         return MiniGPTError(f"not enough memory on the {device.type} to generate {len(prompts):,} samples of up to "
@@ -325,11 +455,12 @@ def stream(
                             f"samples at once (num_samples) or shorter ones (max_new_tokens)")
 
     def nonfinite(step: int) -> MiniGPTError:
-        small = f", or temperature {temperature} is too small to divide by" if not greedy and temperature < 1e-20 else ""
+        small = (f", or temperature {sampling.temperature} is too small to divide by"
+                 if not sampling.greedy and sampling.temperature < 1e-20 else "")
         return MiniGPTError(f"the model produced non-finite logits (NaN or inf) at new token {step + 1}: its weights or "
                             f"activations overflowed (in float16? try bfloat16 or float32){small}")
 
-    cache, step_fn = None, _decode_step
+    context = None
     try:
         prompt, prompt_mask = left_pad(prompts, device)  # (B, P)
         B, P = prompt.shape
@@ -339,77 +470,25 @@ def stream(
         tokens[:, :P], real[:, :P] = prompt, prompt_mask
         padded = bool((prompt_mask == 0).any())  # the one host sync before the first step; without padding no mask
         n = P  # tokens so far in each row (padding included)
+        capacity = cache_capacity(model.config.block_size, P + max_new_tokens, static_cache)
+        if not use_cache:
+            context = _NoCache(model, padded)
+        elif static_cache:
+            context = _StaticCache(model, capacity, dtype, compile_decode)
+        else:
+            context = _DynamicCache(model, padded, capacity, dtype)
 
-        def mask(start: int, end: int) -> torch.Tensor | None:
-            return real[:, start:end] if padded else None
-
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+        generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
+        stops = torch.tensor(list(sampling.stop_token_ids), dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # the first step with NaN/inf logits, or -1
         new_ids: list[list[int]] = [[] for _ in range(B)]
-        capacity = cache_capacity(block, P + max_new_tokens, static_cache)
-        held = 0
-        if compile_decode:
-            compiled = torch.compile(_decode_step, mode="reduce-overhead" if device.type == "cuda" else None,
-                                     dynamic=False)
-
-            def step_fn(*args):  # a CUDA graph overwrites its output at its next replay: keep a copy
-                return compiled(*args).clone()
 
         for step in range(max_new_tokens):
-            if not use_cache:
-                start = max(0, n - block)
-                logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), logits_to_keep=1)
-                logits = logits[:, -1, :]
-            elif cache is None or held + 1 > block:  # (re)fill the cache from the recent context
-                start = max(0, n - (block if cache is None else max(1, block // 2)))  # block_size 1: the last token
-                held = n - start
-                if static_cache:  # every slot is read: the mask covers them all, the prompt's slots first
-                    if cache is None:
-                        cache = take_static_cache(model, B, capacity, dtype)
-                    else:
-                        cache.reset()  # a refill empties the same tensors
-                    slot_mask = torch.zeros(B, capacity, dtype=torch.long, device=device)
-                    slot_mask[:, :held] = real[:, start:n]
-                    positions = positions_from_mask(slot_mask[:, :held])  # (B, held)
-                    logits, _ = model(tokens[:, start:n], attention_mask=slot_mask, position_ids=positions,
-                                      kv_cache=cache, logits_to_keep=1)
-                    next_position = positions[:, -1:] + 1  # (B, 1)
-                else:
-                    cache = model.backbone.new_kv_cache(B, capacity, dtype)
-                    logits, _ = model(tokens[:, start:n], attention_mask=mask(start, n), kv_cache=cache,
-                                      logits_to_keep=1)
-                    cache_start = start
-                logits = logits[:, -1, :]
-            elif static_cache:  # one new token against every cached slot
-                slot_mask[:, held] = 1
-                last = next_ids[:, None]  # (B, 1) = tokens[:, n - 1:n], whose strides vary with the run's length
-                logits = step_fn(model, last, next_position, slot_mask, cache)  # (a compiled step guards on strides)
-                next_position = next_position + 1
-                held += 1
-            else:  # one new token against the cached keys and values
-                logits, _ = model(tokens[:, n - 1:n], attention_mask=mask(cache_start, n), kv_cache=cache,
-                                  logits_to_keep=1)
-                logits = logits[:, -1, :]
-                held += 1
-            logits = logits.float()  # (B, V)
+            logits = context.logits(tokens, real, n).float()  # (B, V)
+            logits = sampling.process(logits, tokens[:, :n], real[:, :n])
 
-            if repetition_penalty is not None and repetition_penalty != 1.0:
-                seen = torch.zeros(B, V, device=device).scatter_add_(1, tokens[:, :n], real[:, :n].float()) > 0  # (B, V)
-                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-            if not greedy:
-                logits = apply_temperature(logits, temperature)
-                if top_k is not None:
-                    logits = apply_top_k(logits, top_k)
-                if top_p is not None and top_p < 1.0:
-                    logits = apply_top_p(logits, top_p)
-                if min_p is not None and min_p > 0:
-                    logits = apply_min_p(logits, min_p)
-            if step_logits is not None:
-                step_logits.append(logits)
-
-            if greedy:
+            if sampling.greedy:
                 next_ids = logits.argmax(dim=-1)  # (B,)
                 bad = ~torch.isfinite(logits).all(dim=-1)  # (B,) rows whose logits hold a NaN or an inf
             else:
@@ -427,11 +506,11 @@ def stream(
             was_finished = finished.clone()
             if len(stops):
                 finished |= torch.isin(next_ids, stops)
-            if stop_strings:
+            if sampling.stop_strings:
                 for row, (token, done) in enumerate(zip(next_ids.tolist(), was_finished.tolist())):
                     if not done:
                         new_ids[row].append(token)
-                        if any(s in decode(new_ids[row]) for s in stop_strings):
+                        if any(s in decode(new_ids[row]) for s in sampling.stop_strings):
                             finished[row] = True
             yield next_ids, was_finished
             if n == tokens.size(1):  # the buffers are full: double them (never past P + max_new_tokens)
@@ -439,7 +518,7 @@ def stream(
                 tokens, real = _grown(tokens, extra), _grown(real, extra)
             tokens[:, n], real[:, n] = next_ids, 1
             n += 1
-            check_stop = stop_strings or (len(stops) and step % 8 == 7)
+            check_stop = sampling.stop_strings or (len(stops) and step % 8 == 7)
             if check_stop or step % NONFINITE_CHECK_EVERY == NONFINITE_CHECK_EVERY - 1:
                 code = int((nonfinite_at + 1) * 2 + finished.all())  # one read answers both questions
                 if code >= 2:
@@ -452,8 +531,8 @@ def stream(
         raise
     finally:
         model.train(was_training)
-        if static_cache and cache is not None:
-            put_back_static_cache(model, cache)  # for the next generation of this shape
+        if context is not None:
+            context.close()
 
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:

@@ -32,7 +32,7 @@ def text_logits(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], pool: s
     """Class logits (B, K) of one ``EncodedTexts.batch``: the model reads every piece, and a text
     read in windows gets its windows' logits pooled (``LongText.window_pool``)."""
     ids, mask, labels, text = batch  # (W, T), (W, T), (B,), (W,)
-    logits = model(ids, mask, right_padded=True)[0].float()  # (W, K), pooled in float32 (not autocast's bf16)
+    logits = model(ids, attention_mask=mask, right_padded=True)[0].float()  # (W, K), pooled in float32 (not autocast's bf16)
     return logits if len(text) == len(labels) else pool_windows(logits, text, len(labels), pool)
 
 

@@ -12,6 +12,7 @@ so is a value of the wrong JSON type (every field is read through ``_field``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, load_weights, plain_file_name, read_json, save_tensors, write_json
+from ..checkpoint import load_weights
+from ..files import load_tensors, plain_file_name, read_json, save_tensors, write_json
 from ..errors import MiniGPTError
 from ..model.config import GPTConfig
 from ..model.model import GPT
@@ -27,6 +29,7 @@ from ..model.model import GPT
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints kept
 LLAMA_TYPES = ("llama", "qwen2")
+HF_FAMILIES = "GPT-2, Llama, Qwen2"  # the Hugging Face model families read and written (for help texts)
 BLOCK_KEY = re.compile(r"(?:transformer\.h|h|model\.layers)\.(\d+)\.")  # a block's tensor, GPT-2's or Llama's: its index
 
 
@@ -272,8 +275,27 @@ def load_hf(path: str | Path, **runtime) -> GPT:
 # ----------------------------------------------------------------------------- export
 
 
+# Every GPTConfig field, and what an export does with it. A field in none of these sets (a new one) makes
+# export refuse the model until it is placed here, instead of writing a folder that silently drops it.
+WRITTEN = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_theta", "tie_weights",
+           "layer_norm_eps", "mlp_hidden", "activation", "n_kv_head", "qkv_bias"}  # into config.json (to_hf_config)
+CHOSEN_BY = {"pos_embedding", "norm", "mlp", "qk_norm", "logit_softcap"}  # pick the family, or refuse (hf_architecture)
+NOT_WRITTEN = {"pad_vocab_multiple",  # the padding rows are dropped from the weights
+               "zero_init_proj",  # how weights start, not what they compute
+               "dropout", "attn_backend", "grad_checkpoint"}  # run-time choices (RUNTIME_FIELDS)
+
+
+def check_fields_mapped(config: GPTConfig) -> None:
+    """A ``MiniGPTError`` naming any field of ``config`` that export has no rule for."""
+    unmapped = sorted({f.name for f in dataclasses.fields(config)} - WRITTEN - CHOSEN_BY - NOT_WRITTEN)
+    if unmapped:
+        raise MiniGPTError(f"export has no Hugging Face mapping for the model setting(s) {', '.join(unmapped)} "
+                           f"(minigpt/interop/hf.py: WRITTEN, CHOSEN_BY, NOT_WRITTEN)")
+
+
 def hf_architecture(config: GPTConfig) -> str:
     """Which Hugging Face architecture computes the same function as ``config``: gpt2, llama or qwen2."""
+    check_fields_mapped(config)
     if config.logit_softcap:
         raise MiniGPTError(f"logit_softcap ({config.logit_softcap:g}): no Hugging Face architecture minigpt writes "
                            f"(GPT-2, Llama, Qwen2) caps its logits")

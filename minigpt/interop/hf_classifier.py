@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_tensors, write_json
+from ..files import save_tensors, write_json
 from ..data.padding import LongText
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer, Tokenizer, bundled_gpt2_files
 from ..errors import MiniGPTError
@@ -61,15 +61,30 @@ def hf_pad_token(tok: Tokenizer) -> tuple[str, int]:
                        f"load; export needs a GPT-2 BPE or tokenizer.json tokenizer")
 
 
-def _tokenizer_files(tok: Tokenizer, folder: Path, max_length: int, truncate: str) -> None:
-    pad_text, _ = hf_pad_token(tok)
+def _with_start_token(tokenizer_json: str, text: str, token_id: int) -> str:
+    """The tokenizer.json with a template that puts ``text`` (id ``token_id``) before every text, after
+    the post-processing it had (a byte-level one only mends offsets)."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import processors
+
+    fast = FastTokenizer.from_str(tokenizer_json)
+    template = processors.TemplateProcessing(single=f"{text} $A", pair=f"{text} $A $B:1",
+                                             special_tokens=[(text, token_id)])
+    fast.post_processor = processors.Sequence([fast.post_processor, template]) if fast.post_processor else template
+    return fast.to_str()
+
+
+def _tokenizer_files(tok: Tokenizer, folder: Path, max_length: int, truncate: str, document_start: bool) -> None:
+    """The tokenizer transformers loads beside the weights; ``document_start``: it puts the end-of-text
+    token before every text, as the classifier was trained (a tokenizer with a BOS puts that there)."""
+    pad_text, pad_id = hf_pad_token(tok)
     settings = {"model_max_length": max_length, "padding_side": "right",
                 "truncation_side": TRUNCATION_SIDE[truncate], "pad_token": pad_text, "eos_token": pad_text}
     if isinstance(tok, GPT2Tokenizer):
         shutil.copyfile(tok.encoder_json, folder / "vocab.json")  # GPT-2's encoder.json and vocab.bpe, as
         shutil.copyfile(tok.vocab_bpe, folder / "merges.txt")  # transformers names them
         settings.update(tokenizer_class="GPT2Tokenizer", bos_token=pad_text, unk_token=pad_text, add_prefix_space=False,
-                        add_bos_token=False, add_eos_token=False)
+                        add_bos_token=document_start, add_eos_token=False)
     else:
         # minigpt puts the tokenizer's beginning-of-text token (if its template adds one) before each text, and
         # nothing after it; transformers applies the template itself, so it must add nothing else
@@ -77,7 +92,9 @@ def _tokenizer_files(tok: Tokenizer, folder: Path, max_length: int, truncate: st
         if tok._tok.encode("a", add_special_tokens=True).ids != ([tok.bos_token] if tok.bos_token is not None else []) + plain:
             raise MiniGPTError("the tokenizer.json's template adds tokens after the text (an end-of-sequence token?), "
                                "which minigpt's classifiers do not read; transformers would: not exportable")
-        (folder / "tokenizer.json").write_text(tok._json, encoding="utf-8")
+        starts = document_start and tok.bos_token is None
+        (folder / "tokenizer.json").write_text(_with_start_token(tok._json, pad_text, pad_id) if starts else tok._json,
+                                               encoding="utf-8")
         settings.update(tokenizer_class="PreTrainedTokenizerFast")
     write_json(folder / "tokenizer_config.json", settings)
 
@@ -112,18 +129,19 @@ def save_hf_classifier(classifier: GPTClassifier, tok: Tokenizer, meta: dict, fo
         tensors["transformer.ln_f.bias"] = (tensors["transformer.ln_f.bias"].double() + delta).to(weight.dtype)
     tensors["score.weight"] = weight
     names = meta["labels"]
+    rule = LongText.from_meta(meta)
     hf_config = to_hf_config(config)
     hf_config.update(
         architectures=[SEQ_CLS[kind]], id2label={str(i): n for i, n in enumerate(names)},
         label2id={n: i for i, n in enumerate(names)}, num_labels=len(names), pad_token_id=pad_id,
         problem_type="single_label_classification",
-        minigpt=LongText.from_meta(meta).to_meta(),  # what transformers has no key for
+        minigpt=rule.to_meta(),  # what transformers has no key for
     )
     if kind != "gpt2":
         hf_config.update(eos_token_id=pad_id)
     save_tensors(folder / "model.safetensors", {k: v.contiguous() for k, v in tensors.items()})
     write_json(folder / "config.json", hf_config)
-    _tokenizer_files(tok, folder, meta["max_length"], meta["truncate"])
+    _tokenizer_files(tok, folder, meta["max_length"], meta["truncate"], rule.document_start)
 
 
 def is_hf_classifier(hf_config: dict) -> bool:

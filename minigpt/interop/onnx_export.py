@@ -29,7 +29,7 @@ class _Logits(torch.nn.Module):
         self.classifier = classifier
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(input_ids, attention_mask, right_padded=True)[0]  # (B, K)
+        return self.classifier(input_ids, attention_mask=attention_mask, right_padded=True)[0]  # (B, K)
 
 
 def save_onnx(classifier: GPTClassifier, path: str | Path, max_length: int) -> None:

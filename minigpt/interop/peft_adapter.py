@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensors, read_json, save_tensors, write_json
+from ..files import load_tensors, read_json, save_tensors, write_json
 from ..errors import MiniGPTError
 from ..model.lora import LoRALinear, lora_layers
 from ..model.model import GPTClassifier

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Range, check_settings, setting
+from ..config_schema import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Range, check_settings, setting
 from ..errors import MiniGPTError, MiniGPTWarning
 
 ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
@@ -131,7 +131,7 @@ class GPTConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     def with_runtime(self, **runtime: Any) -> "GPTConfig":
-        """A copy with other run-time choices (``dropout``, ``attn_backend``); ``None`` keeps a value."""
+        """A copy with other run-time choices (``RUNTIME_FIELDS``); ``None`` keeps a value."""
         wrong = sorted(set(runtime) - set(RUNTIME_FIELDS))
         if wrong:
             raise MiniGPTError(f"{wrong} are architecture, not run-time choices ({', '.join(RUNTIME_FIELDS)})")

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..errors import MiniGPTError
 from .config import GPTConfig
 
 # F.scaled_dot_product_attention repeats key/value heads itself from torch 2.5 (enable_gqa)
@@ -184,7 +185,7 @@ class KVCache:
         """Store new keys/values (B, Hkv, T, D) after the cached ones; return all of them (B, Hkv, S, D)."""
         end = self.length + k.size(2)
         if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+            raise MiniGPTError(f"KV cache holds {self.max_len} positions; {end} were asked for")
         self.k[layer][:, :, self.length:end] = k.to(self.dtype)
         self.v[layer][:, :, self.length:end] = v.to(self.dtype)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..checkpoint import load_tensors, load_weights, read_safetensors_metadata, save_tensors
+from ..checkpoint import load_weights
+from ..files import load_tensors, read_safetensors_metadata, save_tensors
 from ..errors import MiniGPTError
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
@@ -67,6 +68,7 @@ class GPTBackbone(nn.Module):
     def forward(
         self,
         idx: torch.Tensor,
+        *,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
@@ -77,12 +79,12 @@ class GPTBackbone(nn.Module):
         B, T = idx.shape
         if kv_cache is not None and kv_cache.static:
             if position_ids is None or attention_mask is None:
-                raise ValueError("a static KV cache needs position_ids and the attention_mask over all its slots")
+                raise MiniGPTError("a static KV cache needs position_ids and the attention_mask over all its slots")
             mask = padding_causal_mask(attention_mask, T, query_start=kv_cache.pos)  # (B, 1, T, max_len)
         else:
             past = kv_cache.length if kv_cache is not None else 0
             if past + T > self.config.block_size:
-                raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
+                raise MiniGPTError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
             if position_ids is None:
                 if attention_mask is None:
                     position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
@@ -164,6 +166,7 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
+        *,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
@@ -174,8 +177,9 @@ class GPT(nn.Module):
         and the loss (or None). ``logits_to_keep=k`` computes logits for the last k positions only
         (generation needs just the last one; the LM head is the largest matmul at inference)."""
         if logits_to_keep and targets is not None:
-            raise ValueError("logits_to_keep is for inference; the loss needs logits at every position")
-        hidden = self.backbone(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
+            raise MiniGPTError("logits_to_keep is for inference; the loss needs logits at every position")
+        hidden = self.backbone(idx, attention_mask=attention_mask, position_ids=position_ids,
+                               kv_cache=kv_cache)  # (B, T, C)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]  # (B, k, C)
         logits = self.head(hidden)  # (B, T, V padded)
@@ -223,7 +227,7 @@ class GPT(nn.Module):
 class GPTClassifier(nn.Module):
     """A GPT backbone with swappable task heads (e.g. one per data set).
 
-    ``model(idx, attention_mask, labels)`` returns ``(logits (B, n_classes), loss or None)`` from
+    ``model(idx, attention_mask=mask, labels=labels)`` returns ``(logits (B, n_classes), loss or None)`` from
     the active head. Heads are kept in ``self.heads`` by name; ``add_head`` / ``use_head`` /
     ``remove_head`` never touch the backbone, and ``save_head`` / ``load_head`` move a head alone.
     """
@@ -250,13 +254,13 @@ class GPTClassifier(nn.Module):
 
     def use_head(self, name: str) -> None:
         if name not in self.heads:
-            raise KeyError(f"no head named {name!r}; have {list(self.heads)}")
+            raise MiniGPTError(f"no head named {name!r}; have {list(self.heads)}")
         self.active = name
 
     def remove_head(self, name: str) -> None:
         """Drop a head that is not the active one."""
         if name not in self.heads:
-            raise KeyError(f"no head named {name!r}; have {list(self.heads)}")
+            raise MiniGPTError(f"no head named {name!r}; have {list(self.heads)}")
         if name == self.active:
             raise MiniGPTError(f"head {name!r} is the active one; use_head another before removing it")
         del self.heads[name]
@@ -264,6 +268,7 @@ class GPTClassifier(nn.Module):
     def forward(
         self,
         idx: torch.Tensor,
+        *,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         class_weights: torch.Tensor | None = None,
@@ -272,7 +277,7 @@ class GPTClassifier(nn.Module):
         """``right_padded``: the padding is at the end of each row, where causal attention already
         keeps it from every real token; the mask then only guides the pooling and attention runs
         unmasked (the flash kernel, no (B, 1, T, S) mask per batch). Left padding needs it in attention."""
-        hidden = self.backbone(idx, None if right_padded else attention_mask)  # (B, T, C)
+        hidden = self.backbone(idx, attention_mask=None if right_padded else attention_mask)  # (B, T, C)
         logits = self.head(hidden, attention_mask)  # (B, n_classes)
         loss = None
         if labels is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config_io import read_toml
+from ..config_schema import read_toml
 from ..errors import MiniGPTError
 from .classify import ClassifyConfig, finetune
 from .pretrain import PretrainConfig, train

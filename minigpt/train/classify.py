@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..checkpoint import write_json
-from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
+from ..files import write_json
+from ..config_schema import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
 from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
                              read_labelled, stratified_split)
 from ..data.padding import LONG_TEXT_KEYS, LONG_TEXTS, TRUNCATIONS, WINDOW_POOLS, LongText
@@ -26,6 +26,7 @@ from ..data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer, same_
 from ..device import autocast, check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
 from ..infer.predict import predict_logits, text_logits
+from ..interop.hf import HF_FAMILIES
 from ..loading import load_backbone as read_backbone
 from ..metrics import classification_report, format_report
 from ..model.heads import POOLINGS, ClassificationHead
@@ -45,7 +46,7 @@ METRICS = ("accuracy", "macro_f1", "loss")  # the val metric that picks the best
 class ClassifyConfig(LoopConfig, ModelFields):
     """Fine-tuning a text classifier (``task = "classify"``); the model keys apply when training
     from scratch (``init_from = "scratch"``), otherwise the backbone's own architecture is used
-    (with this config's run-time choices: dropout, attn_backend)."""
+    (with this config's run-time choices, ``RUNTIME_FIELDS``)."""
 
     task: str = setting("classify", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
     # data
@@ -75,9 +76,12 @@ class ClassifyConfig(LoopConfig, ModelFields):
     window_stride: int = setting(128, "long_text=windows: tokens between the starts of consecutive windows",
                                  within=AT_LEAST_1)
     window_pool: str = setting("mean", "long_text=windows: how the windows' logits make the text's", WINDOW_POOLS)
+    document_start: bool = setting(False, "start every text (and every window) with the token pretraining put before "
+                                          "each document: the tokenizer's BOS, else its end-of-text (a tokenizer "
+                                          "with a BOS, Llama's, puts it there anyway)")
     # model
     init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir (a language model, or a classifier: "
-                             "its backbone), or a Hugging Face folder (GPT-2, Llama, Qwen2; *ForSequenceClassification too)")
+                             f"its backbone), or a Hugging Face folder ({HF_FAMILIES}; *ForSequenceClassification too)")
     tokenizer: str = setting("gpt2", "for init_from=scratch: char (vocabulary from the training texts; other characters "
                                      "read as U+FFFD), gpt2, or the path of a tokenizer folder or tokenizer.json (python "
                                      "-m minigpt.tokenizer trains one); with a pretrained init_from, a path must be its "
@@ -105,6 +109,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
         if self.task != "classify":
             raise MiniGPTError(f"ClassifyConfig is for task 'classify', got {self.task!r}")
         self.model_config(vocab_size=1)
+        if self.init_from == "":  # "" once meant scratch in pretraining configs: one spelling for both
+            self.init_from = "scratch"
         if not self.train_file:
             raise MiniGPTError("train_file is required for task 'classify'")
         if self.tokenizer not in TOKENIZER_KINDS and not Path(self.tokenizer).exists():
@@ -124,7 +130,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
             raise MiniGPTError(f"split must be comma-separated fractions, got {self.split!r}") from None
 
     def long_text_rule(self, max_length: int) -> LongText:
-        return LongText(max_length, self.truncate, self.head_tokens, self.long_text, self.window_stride, self.window_pool)
+        return LongText(max_length, self.truncate, self.head_tokens, self.long_text, self.window_stride, self.window_pool,
+                        self.document_start)
 
     @property
     def lora_target_names(self) -> list[str]:

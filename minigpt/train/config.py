@@ -3,7 +3,7 @@
 
 The task-specific schemas build on these: ``PretrainConfig`` (``train/pretrain.py``) and
 ``ClassifyConfig`` (``train/classify.py``). A TOML file and ``--key=value`` overrides fill them
-through ``minigpt.config_io.build_config``.
+through ``minigpt.config_schema.build_config``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config_io import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEEDS, UNIT, Range, check_settings, setting
+from ..config_schema import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEEDS, UNIT, Range, check_settings, setting
 from ..device import DEVICE_HELP, DTYPES
 from ..errors import MiniGPTError
 from ..model.config import RUNTIME_FIELDS, GPTConfig
@@ -113,5 +113,5 @@ class ModelFields(_model_fields()):
         return GPTConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
 
     def runtime(self) -> dict[str, Any]:
-        """The run-time choices of these keys (``dropout``, ``attn_backend``), for a loaded model."""
+        """The run-time choices of these keys (``RUNTIME_FIELDS``), for a loaded model."""
         return {name: getattr(self, name) for name in RUNTIME_FIELDS}

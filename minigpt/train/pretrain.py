@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..config_io import setting
+from ..config_schema import setting
 from ..data.loader import Windows, load_meta, open_split
 from ..data.tokenizers import document_start, same_tokenizer, tokenizer_from_meta
 from ..device import check_fits, memory_errors, resolve_dtype, seed_everything
 from ..errors import MiniGPTError
+from ..interop.hf import HF_FAMILIES
 from ..loading import load_model
+from ..model.config import RUNTIME_FIELDS
 from ..model.model import GPT
 from .config import LoopConfig, ModelFields
 from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
@@ -30,22 +32,24 @@ class PretrainConfig(LoopConfig, ModelFields):
                                        "document: the tokenizer's beginning of text, else its end of text)")
     verify_data: bool = setting(False, "check every token id of the data against the vocabulary before training "
                                        "(otherwise a sample is checked)")
-    init_from: str = setting("", "continue pretraining from this checkpoint, out_dir or Hugging Face folder (fresh "
-                                 "optimizer); its architecture replaces the model keys, except the run-time ones "
-                                 "(dropout, attn_backend)")
+    init_from: str = setting("scratch", "scratch (random weights), or continue pretraining from this checkpoint, "
+                                        f"out_dir or Hugging Face folder ({HF_FAMILIES}; fresh optimizer); its architecture replaces "
+                                        "the model keys, except the run-time ones (" + ", ".join(RUNTIME_FIELDS) + ")")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.task != "pretrain":
             raise MiniGPTError(f"PretrainConfig is for task 'pretrain', got {self.task!r}")
         self.model_config(vocab_size=1)  # validates the model fields, naming the bad one
+        if self.init_from == "":  # the spelling of "scratch" before classification's and pretraining's were one
+            self.init_from = "scratch"
 
 
 def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -> Task:
     """The language-modelling task: model, optimizer, batches, loss and evaluation."""
     seed_everything(cfg.seed)  # same initial weights on every rank
     meta = load_meta(cfg.data_dir)
-    if cfg.init_from:
+    if cfg.init_from != "scratch":
         model = continued_model(cfg, meta, device)
     else:
         config = cfg.model_config(vocab_size=meta["vocab_size"])
@@ -78,7 +82,7 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
             losses[split] = total.item() / cfg.eval_iters
         return {"train_loss_eval": losses["train"], "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50))}
 
-    origin = f" from {cfg.init_from}" if cfg.init_from else ""
+    origin = f" from {cfg.init_from}" if cfg.init_from != "scratch" else ""
     return Task(
         model=model, optimizer=optimizer,
         batch=lambda it, micro: train_windows.batch(cfg.batch_size, batch_seed(cfg.seed, it, micro)),

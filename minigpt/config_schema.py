@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .checkpoint import read_text
+from .files import read_text
 from .errors import MiniGPTError
 
 
