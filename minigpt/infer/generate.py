@@ -307,7 +307,20 @@ def put_back_static_cache(model: GPT, cache: StaticKVCache) -> None:
 # of three small classes with the same two methods: ``logits(tokens, real, n) -> (B, V)`` and ``close()``.
 
 
-class _NoCache:
+def _refill_start(n: int, block: int, first: bool) -> int:
+    """Where a cache (re)filled at a row length of ``n`` starts: the last block_size tokens the first
+    time, the last block_size // 2 (at least one) when a full cache is rebuilt (the context policy)."""
+    return max(0, n - (block if first else max(1, block // 2)))
+
+
+class _Context:
+    """What the three ways share: nothing to give back at the end unless a subclass says so."""
+
+    def close(self) -> None:
+        pass
+
+
+class _NoCache(_Context):
     """Every step reads the last block_size tokens from scratch (for checking the caches)."""
 
     def __init__(self, model: GPT, padded: bool):
@@ -319,11 +332,8 @@ class _NoCache:
         logits, _ = self.model(tokens[:, start:n], attention_mask=mask, logits_to_keep=1)
         return logits[:, -1, :]
 
-    def close(self) -> None:
-        pass
 
-
-class _DynamicCache:
+class _DynamicCache(_Context):
     """Keys and values of the tokens read so far (``KVCache``): one new token per step. A full cache
     is rebuilt from the last block_size // 2 tokens (see the module's context policy)."""
 
@@ -335,7 +345,7 @@ class _DynamicCache:
     def logits(self, tokens: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
         block = self.model.config.block_size
         if self.cache is None or self.held + 1 > block:  # (re)fill from the recent context
-            self.start = max(0, n - (block if self.cache is None else max(1, block // 2)))  # block 1: the last token
+            self.start = _refill_start(n, block, first=self.cache is None)
             self.held = n - self.start
             self.cache = self.model.backbone.new_kv_cache(tokens.size(0), self.capacity, self.dtype)
             ids = tokens[:, self.start:n]
@@ -346,9 +356,6 @@ class _DynamicCache:
         logits, _ = self.model(ids, attention_mask=mask, kv_cache=self.cache, logits_to_keep=1)
         return logits[:, -1, :]
 
-    def close(self) -> None:
-        pass
-
 
 def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_mask: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
@@ -358,7 +365,7 @@ def _decode_step(model: GPT, token: torch.Tensor, position: torch.Tensor, slot_m
     return logits[:, -1, :]
 
 
-class _StaticCache:
+class _StaticCache(_Context):
     """A cache of fixed shape (``StaticKVCache``) whose every slot attention reads, a mask hiding the
     empty ones, and whose next slot is a tensor: the one-token step sees the same shapes every time,
     so it can be compiled (``compile_decode``: with CUDA graphs on a GPU). The cache is taken from the
@@ -378,7 +385,7 @@ class _StaticCache:
     def logits(self, tokens: torch.Tensor, real: torch.Tensor, n: int) -> torch.Tensor:
         block = self.model.config.block_size
         if self.cache is None or self.held + 1 > block:  # (re)fill: every slot is read, the prompt's first
-            start = max(0, n - (block if self.cache is None else max(1, block // 2)))
+            start = _refill_start(n, block, first=self.cache is None)
             self.held = n - start
             if self.cache is None:
                 self.cache = take_static_cache(self.model, tokens.size(0), self.capacity, self.dtype)
