@@ -25,7 +25,7 @@ test: $(STAMP)
 # as often as wanted (the data is prepared once, out-demo is replaced)
 demo: $(STAMP)
 	test -f data/tinyshakespeare/char/meta.json || \
-		$(PY) -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
+		$(PY) -m minigpt data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
 	$(PY) train.py configs/shakespeare_char.toml --out_dir=out-demo --overwrite
 	$(PY) sample.py --ckpt out-demo --prompt "ROMEO:" --max_new_tokens=400
 

@@ -108,7 +108,7 @@ def main() -> None:
         data = {}
         for kind, tokenizer in (("char", "char"), ("gpt2", "gpt2")):
             data[kind] = work / f"data-{kind}"
-            python(ROOT, ["-m", "minigpt.data", "--input", str(ROOT / "data" / "tinyshakespeare" / "input.txt"),
+            python(ROOT, ["-m", "minigpt", "data", "--input", str(ROOT / "data" / "tinyshakespeare" / "input.txt"),
                           "--out", str(data[kind]), "--tokenizer", tokenizer, "--no_progress"], cwd=work)
         results = {row: {"before": [], "after": []} for row in rows}
         for round_ in range(args.rounds):

@@ -3,8 +3,8 @@ compare the final weights with an uninterrupted run of the same config; and the 
 preparation (``--part data``), compared byte for byte with an uninterrupted one.
 
     python bench/chaos_resume.py                 # 20 kills (docs/RESULTS.md has the figure)
-    python bench/chaos_resume.py --kills 3       # what tests/test_reliability.py runs
-    python bench/chaos_resume.py --part data     # 10 kills during `python -m minigpt.data`
+    python bench/chaos_resume.py --kills 3       # what tests/train/test_reliability.py runs
+    python bench/chaos_resume.py --part data     # 10 kills during `python -m minigpt data`
     python bench/chaos_resume.py --part data --overwrite   # ... of an --overwrite over older data
     python bench/chaos_resume.py --part both     # the two
 
@@ -186,7 +186,7 @@ DATA_SHARD_TOKENS = "4K"
 
 
 def prepare_command(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "minigpt.data", "--input", str(corpus), "--out", str(out), "--tokenizer", "gpt2",
+    return [sys.executable, "-m", "minigpt", "data", "--input", str(corpus), "--out", str(out), "--tokenizer", "gpt2",
             "--workers", "2", "--shard_tokens", DATA_SHARD_TOKENS, "--no_progress", *extra]
 
 

@@ -53,7 +53,9 @@ from minigpt.data.shards import ShardWriter  # noqa: E402
 from minigpt.data.tokenizers import GPT2Tokenizer  # noqa: E402
 from minigpt.device import autocast, native_bf16, resolve_device  # noqa: E402
 from minigpt.infer.generate import generate  # noqa: E402
-from minigpt.model.layers import CausalSelfAttention, KVCache  # noqa: E402
+from minigpt.model.attention import padding_causal_mask  # noqa: E402
+from minigpt.model.cache import KVCache  # noqa: E402
+from minigpt.model.layers import CausalSelfAttention  # noqa: E402
 from minigpt.perf import datasheet_peak, measure_matmul_peak, sync  # noqa: E402
 from minigpt.train.loop import Distributed, Run  # noqa: E402
 from minigpt.train.pretrain import PretrainConfig, pretrain_task, train  # noqa: E402
@@ -175,7 +177,7 @@ def reference_attention(layer: CausalSelfAttention, x: torch.Tensor, mask: torch
     manual = CausalSelfAttention(GPTConfig(vocab_size=8, n_layer=1, n_head=layer.n_head, n_embd=x.size(-1),
                                            block_size=x.size(1), attn_backend="manual")).to(x.device)
     manual.load_state_dict(layer.state_dict())
-    return manual.float()(x.float(), mask)
+    return manual.float()(x.float(), None if mask is None else padding_causal_mask(mask))
 
 
 @check("attention")
@@ -200,7 +202,7 @@ def attention(device: torch.device, tiny: bool) -> None:
             (ref[keep]).sum().backward()
             xl = x.clone().requires_grad_(True)
             with autocast(device, dtype):
-                out = layer(xl, mask)
+                out = layer(xl, None if mask is None else padding_causal_mask(mask))
             (out.float()[keep]).sum().backward()
             err = (out.float() - ref)[keep].abs().max().item() / ref[keep].abs().max().item()
             gerr = (xl.grad - xr.grad)[keep].abs().max().item() / xr.grad[keep].abs().max().item()
@@ -422,7 +424,7 @@ def torchrun_pair(work: Path, name: str, options: list[str]) -> tuple[list[float
 @check("torchrun")
 def torchrun(device: torch.device, work: Path, tiny: bool) -> None:
     if device.type != "cuda":
-        row("torchrun", "SKIP", "nccl needs CUDA (tests/test_train.py runs 2-process gloo)")
+        row("torchrun", "SKIP", "nccl needs CUDA (tests/train/test_train.py runs 2-process gloo)")
         return
     plain, ddp = torchrun_pair(work, "fp32", ["--dtype=float32", "--compile=false", "--tf32=false"])
     diff = max(abs(a - b) for a, b in zip(plain, ddp))

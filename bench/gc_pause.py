@@ -88,7 +88,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as work:
         data_dir = str(Path(work) / "char")
-        subprocess.run([sys.executable, "-m", "minigpt.data", "--input", str(ROOT / "data" / "tinyshakespeare" /
+        subprocess.run([sys.executable, "-m", "minigpt", "data", "--input", str(ROOT / "data" / "tinyshakespeare" /
                         "input.txt"), "--out", data_dir, "--no_progress"], check=True, capture_output=True)
         results: dict[tuple[str, bool], list[dict]] = {}
         for round_ in range(args.rounds):

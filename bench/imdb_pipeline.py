@@ -113,12 +113,12 @@ def plan(args: argparse.Namespace) -> list[Stage]:
 
     def tokenizer_stage(name: str, out: Path, ablation=False) -> Stage:
         return Stage(name, "train the domain tokenizer (byte-level BPE) on unsup + the training split",
-                     [*py, "-m", "minigpt.tokenizer", "--input", unsup, "--texts_of", str(clf), "--out", str(out),
+                     [*py, "-m", "minigpt", "tokenizer", "--input", unsup, "--texts_of", str(clf), "--out", str(out),
                       "--overwrite", *flags(tok_opts)], out / "tokenizer.json", ablation=ablation)
 
     def corpus_stage(name: str, tokenizer: str, out: Path, ablation=False) -> Stage:
         return Stage(name, f"prepare the LM corpus (unsup + the training split) with {Path(tokenizer).name}",
-                     [*py, "-m", "minigpt.data", "--input", unsup, "--texts_of", str(clf), "--tokenizer", tokenizer,
+                     [*py, "-m", "minigpt", "data", "--input", unsup, "--texts_of", str(clf), "--tokenizer", tokenizer,
                       "--out", str(out), *flags(corpus_opts)], out / "meta.json", ablation=ablation)
 
     def train_stage(name: str, what: str, config: Path, out_dir: Path, done: str, ablation=False) -> Stage:

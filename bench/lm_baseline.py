@@ -17,7 +17,7 @@ from minigpt.config_schema import build_config
 from minigpt.infer.predict import calibrate_scores, few_shot_prompts, score_label_words
 from minigpt.loading import load_model
 from minigpt.metrics import classification_report
-from minigpt.train.classify import ClassifyConfig, load_splits
+from minigpt.train.finetune import ClassifyConfig, load_splits
 
 CONTENT_FREE = ["N/A", "", "[MASK]"]
 

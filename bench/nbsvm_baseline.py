@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from minigpt.config_schema import build_config, config_help
 from minigpt.errors import MiniGPTError
 from minigpt.metrics import classification_report, format_report
-from minigpt.train.classify import ClassifyConfig, load_splits
+from minigpt.train.finetune import ClassifyConfig, load_splits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tfidf_baseline beside this script, however it is loaded
 from tfidf_baseline import positive_float, positive_int, run_main  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 from minigpt.config_schema import build_config, config_help
 from minigpt.errors import MiniGPTError
 from minigpt.metrics import classification_report, format_report
-from minigpt.train.classify import ClassifyConfig, load_splits
+from minigpt.train.finetune import ClassifyConfig, load_splits
 
 HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 

@@ -12,7 +12,9 @@ from .interop.hf_classifier import save_hf_classifier
 from .loading import load_classifier, load_model
 from .model.config import GPTConfig
 from .model.heads import ClassificationHead, LMHead
-from .model.layers import Block, CausalSelfAttention, KVCache, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
+from .model.attention import register_attention
+from .model.cache import KVCache
+from .model.layers import Block, CausalSelfAttention, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
 from .model.model import GPT, GPTBackbone, GPTClassifier
 
 __all__ = [
@@ -20,6 +22,6 @@ __all__ = [
     "CausalSelfAttention", "KVCache", "MLP", "SinusoidalPositionalEmbedding", "sinusoidal_table",
     "CharTokenizer", "GPT2Tokenizer", "tokenizer_from_meta", "MiniGPTError", "MiniGPTWarning",
     "generate", "stream", "autocast", "resolve_device", "resolve_dtype", "seed_everything",
-    "load_model", "load_classifier", "load_hf", "save_hf", "save_hf_classifier",
+    "register_attention", "load_model", "load_classifier", "load_hf", "save_hf", "save_hf_classifier",
 ]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,18 @@ UNIT = Range(0, 1, high_open=True)  # dropout rates, Adam's betas
 SEEDS = Range(0, 2**63 - 2**20)  # what a torch generator holds, with room for the offsets added per process
 
 
-def setting(default: Any, help: str, choices: Sequence[str] | None = None, within: Range | None = None):
-    """A dataclass field with its help text and, when it has them, the values or the range it accepts."""
+def setting(default: Any, help: str, choices: Sequence[str] | Mapping[str, Any] | None = None,
+            within: Range | None = None, section: str | None = None):
+    """A dataclass field with its help text and, when it has them, the values or the range it accepts.
+
+    ``choices`` given as a mapping (a registry, such as the attention backends) is read each time a
+    value is checked, so an entry registered later is a valid value. ``section`` starts a group of
+    keys in ``--help`` (the fields after it, in declaration order, belong to it until the next)."""
     metadata: dict[str, Any] = {"help": help}
     if choices is not None:
-        metadata["choices"] = tuple(choices)
+        metadata["choices"] = choices if isinstance(choices, Mapping) else tuple(choices)
+    if section is not None:
+        metadata["section"] = section
     if within is not None:
         metadata["within"] = within
     return dataclasses.field(default=default, metadata=metadata)
@@ -184,18 +191,34 @@ def build_config(cls: type, toml_path: str | Path | None, overrides: Sequence[st
     return cls(**values)
 
 
-def config_help(cls: type, skip: type | None = None) -> str:
-    """One line per key: name, default, type, meaning and allowed values (for ``--help``); keys of ``skip`` left out."""
-    lines = []
-    skipped = {f.name for f in dataclasses.fields(skip)} if skip else set()
+def sections(cls: type) -> dict[str, list[dataclasses.Field]]:
+    """The fields of ``cls`` by section (``setting(section=...)``), sections in order of first appearance;
+    a field without one belongs to the section of the field declared before it."""
+    grouped: dict[str, list[dataclasses.Field]] = {}
+    current = "settings"
     for f in dataclasses.fields(cls):
-        if f.name in skipped:
-            continue
-        default = str(f.default).lower() if isinstance(f.default, bool) else repr(f.default)
-        text = f.metadata.get("help", "")
-        if "choices" in f.metadata:
-            text += f" [{' | '.join(f.metadata['choices'])}]"
-        if "within" in f.metadata:
-            text += f" [{f.metadata['within']}]"
-        lines.append(f"  --{f.name}={default}".ljust(44) + f"{_type_name(_python_type(f.type)):<6} {text}")
-    return "\n".join(lines)
+        current = f.metadata.get("section", current)
+        grouped.setdefault(current, []).append(f)
+    return grouped
+
+
+def config_help(cls: type, skip: set[str] = frozenset()) -> str:
+    """The keys of ``cls`` (but those named in ``skip``) for ``--help``, grouped under their sections:
+    one line per key with its name, default, type, meaning and allowed values."""
+    blocks = []
+    for name, fields in sections(cls).items():
+        lines = [key_help(f) for f in fields if f.name not in skip]
+        if lines:
+            blocks.append(f"  {name}:\n" + "\n".join(lines))
+    return "\n".join(blocks)
+
+
+def key_help(f: dataclasses.Field) -> str:
+    """One ``--help`` line for a setting."""
+    default = str(f.default).lower() if isinstance(f.default, bool) else repr(f.default)
+    text = f.metadata.get("help", "")
+    if "choices" in f.metadata:
+        text += f" [{' | '.join(f.metadata['choices'])}]"
+    if "within" in f.metadata:
+        text += f" [{f.metadata['within']}]"
+    return f"    --{f.name}={default}".ljust(46) + f"{_type_name(_python_type(f.type)):<6} {text}"

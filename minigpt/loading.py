@@ -91,14 +91,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", **runtime) 
     found = _open(path)
     if isinstance(found, Path) and is_hf_classifier(read_hf_config(found)):
         raise MiniGPTError(f"{found} is a Hugging Face classifier (*ForSequenceClassification), not a language "
-                           f"model; predict with it: python -m minigpt.classify --ckpt {path} TEXT")
+                           f"model; predict with it: python -m minigpt classify --ckpt {path} TEXT")
     if isinstance(found, Path):
         model, tok = load_hf(found, **runtime), hf_tokenizer(found)
         check_together(model, model.config, tok, found)
         return model.to(device).eval(), tok
     if found.meta.get("task") == "classify":
         raise MiniGPTError(f"{found.path} is a classifier checkpoint, not a language model; "
-                           f"predict with it: python -m minigpt.classify --ckpt {path} TEXT")
+                           f"predict with it: python -m minigpt classify --ckpt {path} TEXT")
     model = GPT(model_config(found, **runtime))
     found.load_model(model)
     tok = tokenizer(found)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minigpt.config_schema import build_config
-from minigpt.train.classify import ClassifyConfig, load_splits
+from minigpt.train.finetune import ClassifyConfig, load_splits
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Top to bottom. A module belongs to the layer of its longest matching name prefix.
 LAYERS = [
-    ("entry", ["train", "sample", "bench", "minigpt.classify", "minigpt.evaluate", "minigpt.plot", "minigpt.export", "minigpt.tokenizer", "minigpt.__main__",
-               "minigpt.data.__main__"]),  # scripts and `python -m` names: each hands argv to minigpt.cli
+    ("entry", ["train", "sample", "bench", "minigpt.__main__"]),  # scripts and `python -m minigpt`: each hands argv to minigpt.cli
     ("cli", ["minigpt.cli"]),  # argv parsing, printing, exit codes
     ("api", ["minigpt"]),  # the package's front door, minigpt/__init__.py
     ("train", ["minigpt.train"]),  # the loop, the two tasks, their configs and plots

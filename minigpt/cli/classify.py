@@ -1,4 +1,4 @@
-"""``python -m minigpt.classify --ckpt OUT TEXT ...``: label and class probabilities from a fine-tuned classifier."""
+"""``python -m minigpt classify --ckpt OUT TEXT ...``: label and class probabilities from a fine-tuned classifier."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ from . import ArgumentParser, read_stdin
 
 
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m minigpt.classify",
+    p = ArgumentParser(prog="minigpt classify",
                        description="Classify texts with a fine-tuned checkpoint: label and class probabilities.")
-    p.add_argument("texts", nargs="*", help="texts to classify (or --file, or standard input: one text per line)")
-    p.add_argument("--ckpt", required=True, help=f"classification checkpoint or its out_dir, a Hugging Face "
+    read = p.add_argument_group("what to read")
+    read.add_argument("texts", nargs="*", help="texts to classify (or --file, or standard input: one text per line)")
+    read.add_argument("--ckpt", required=True, help=f"classification checkpoint or its out_dir, a Hugging Face "
                    f"*ForSequenceClassification folder ({HF_FAMILIES}), or a PEFT LoRA adapter folder over one")
-    p.add_argument("--base", help="for a PEFT adapter: its base folder (default: the adapter's base_model_name_or_path)")
-    p.add_argument("--file", help="a text file with one text per line")
-    p.add_argument("--out", help="write a CSV (text, label, one probability column per class) instead of printing")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    read.add_argument("--base", help="for a PEFT adapter: its base folder (default: the adapter's base_model_name_or_path)")
+    read.add_argument("--file", help="a text file with one text per line")
+    p.add_argument_group("what to write").add_argument("--out", help="write a CSV (text, label, one probability column per class) instead of printing")
+    p.add_argument_group("system").add_argument("--device", default="auto", help=DEVICE_HELP)
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)

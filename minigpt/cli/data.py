@@ -1,4 +1,4 @@
-"""``python -m minigpt.data --input PATH ... --out DIR``: tokenise a corpus into shards and meta.json."""
+"""``python -m minigpt data --input PATH ... --out DIR``: tokenise a corpus into shards and meta.json."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from ..files import output_dir
 from ..data.corpus import prepare_corpus
 from ..data.tokenizers import TOKENIZER_KINDS
 from ..errors import MiniGPTError
-from ..train.classify import pretraining_texts
+from ..train.finetune import pretraining_texts
 from . import ArgumentParser, add_corpus_inputs, corpus_inputs_given
 
 EPILOG = """examples:
-  python -m minigpt.data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
-  python -m minigpt.data --input books/ --tokenizer gpt2 --out data/books
-  python -m minigpt.data --input 'fineweb/sample/10BT/*.parquet' --tokenizer gpt2 --val_tokens 10000000 --out data/fineweb
-  python -m minigpt.data --input openwebtext.jsonl.gz --text_field text --tokenizer gpt2 --out data/owt
-  python -m minigpt.tokenizer --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml --out out-imdb-tokenizer
-  python -m minigpt.data --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \
+  python -m minigpt data --input data/tinyshakespeare/input.txt --out data/tinyshakespeare/char
+  python -m minigpt data --input books/ --tokenizer gpt2 --out data/books
+  python -m minigpt data --input 'fineweb/sample/10BT/*.parquet' --tokenizer gpt2 --val_tokens 10000000 --out data/fineweb
+  python -m minigpt data --input openwebtext.jsonl.gz --text_field text --tokenizer gpt2 --out data/owt
+  python -m minigpt tokenizer --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml --out out-imdb-tokenizer
+  python -m minigpt data --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \
       --tokenizer out-imdb-tokenizer --out data/imdb/lm   # in-domain LM corpus: no val/test review in it
 
 Run again after an interruption (Ctrl-C, a crash, SIGKILL, a full disk) with the same command: it
@@ -41,26 +41,27 @@ def tokens(text: str) -> int:
 
 
 def parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m minigpt.data",
+    parser = p = ArgumentParser(
+        prog="minigpt data",
         description="Tokenise a corpus of any size into train/val token shards (llm.c's .bin layout) and meta.json: "
                     "text files (one document each), JSONL or gzipped JSONL (one document a line) and parquet "
                     "(one a row; needs pip install 'minigpt[data]'). Nothing is downloaded; the corpus is read as a "
                     "stream, in bounded memory.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_corpus_inputs(p, "in-domain text for pretraining before fine-tuning on that split")
+    read = p.add_argument_group("what to read")
+    add_corpus_inputs(read, "in-domain text for pretraining before fine-tuning on that split")
+    read.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
+    p = p.add_argument_group("what to write")  # (the rest of the options)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="char", metavar="|".join(TOKENIZER_KINDS) + "|PATH",
                    help="char (the corpus's characters; the default), gpt2 (GPT-2's BPE, bundled), or the path of a "
-                        "Hugging Face folder or tokenizer.json: one trained by python -m minigpt.tokenizer, or a model's "
+                        "Hugging Face folder or tokenizer.json: one trained by python -m minigpt tokenizer, or a model's "
                         "(SmolLM, Qwen2, Llama 3, ...) to continue")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, default=0.1, help="share of the documents held out for "
                        "validation (default 0.1)")
     split.add_argument("--val_tokens", type=tokens, help="hold out about this many tokens instead, e.g. 10M")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val draw of documents (0 to 2**64 - 1)")
-    p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: every core)")
     p.add_argument("--shard_tokens", type=tokens, default=100_000_000, help="tokens per shard (default 100M)")
     p.add_argument("--char_vocab_from", help="meta.json whose character vocabulary to reuse")
     p.add_argument("--char_unknown", metavar="CHAR",
@@ -68,8 +69,10 @@ def parser() -> ArgumentParser:
                         "any character outside the vocabulary when the model later reads other text")
     p.add_argument("--overwrite", action="store_true", help="replace data already prepared in --out (kept until the "
                    "new preparation has finished)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return p
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: every core)")
+    run.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
 
 
 def main(argv: list[str]) -> int:

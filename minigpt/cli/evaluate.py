@@ -1,4 +1,4 @@
-"""``python -m minigpt.evaluate --ckpt OUT --input FILE ...``: sliding-window perplexity and bits per byte."""
+"""``python -m minigpt evaluate --ckpt OUT --input FILE ...``: sliding-window perplexity and bits per byte."""
 
 from __future__ import annotations
 
@@ -17,18 +17,21 @@ from . import ArgumentParser
 
 
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m minigpt.evaluate", description=perplexity.__doc__,
+    p = ArgumentParser(prog="minigpt evaluate", description=perplexity.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
-    source = p.add_mutually_exclusive_group(required=True)
+    model = p.add_argument_group("the model")
+    model.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
+    model.add_argument("--stride", type=int, default=None, help="window step in tokens (default block_size // 2)")
+    text = p.add_argument_group("the text")
+    source = text.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH",
                         help="text to score: files, folders or globs of .txt, .jsonl(.gz) or .parquet documents")
-    source.add_argument("--data", metavar="DIR", help="a prepared data folder (python -m minigpt.data) to score")
-    p.add_argument("--split", default="val", choices=["train", "val"], help="with --data: which split (default val)")
-    p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
-    p.add_argument("--stride", type=int, default=None, help="window step in tokens (default block_size // 2)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    source.add_argument("--data", metavar="DIR", help="a prepared data folder (python -m minigpt data) to score")
+    text.add_argument("--split", default="val", choices=["train", "val"], help="with --data: which split (default val)")
+    text.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
+    system = p.add_argument_group("system")
+    system.add_argument("--device", default="auto", help=DEVICE_HELP)
+    system.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     args = p.parse_args(argv)
     if args.stride is not None and args.stride < 1:
         raise MiniGPTError(f"--stride must be at least 1, got {args.stride}")

@@ -1,4 +1,4 @@
-"""``python -m minigpt.export --ckpt OUT --to hf|peft|onnx PATH``: a classifier out of minigpt, for
+"""``python -m minigpt export --ckpt OUT --to hf|peft|onnx PATH``: a classifier out of minigpt, for
 transformers (a ``*ForSequenceClassification`` folder), PEFT (an adapter over such a base) or
 onnxruntime (one .onnx file). Each is written beside PATH first and renamed into place at the end,
 so a failure leaves nothing behind and ``--overwrite`` loses the old output only once the new is whole."""
@@ -41,12 +41,14 @@ def warn_long_text(meta: dict, to: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m minigpt.export", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="minigpt export", description=__doc__.split("\n\n")[0],
                        epilog="formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
-    p.add_argument("path", help="the folder (hf, peft) or .onnx file to write")
-    p.add_argument("--ckpt", required=True, help="classification checkpoint or its out_dir")
-    p.add_argument("--to", required=True, choices=list(FORMATS), help="the format (see below)")
-    p.add_argument("--overwrite", action="store_true", help="replace what is at PATH (only once the new one is whole)")
+    p.add_argument_group("what to read").add_argument("--ckpt", required=True,
+                                                      help="classification checkpoint or its out_dir")
+    write = p.add_argument_group("what to write")
+    write.add_argument("path", help="the folder (hf, peft) or .onnx file to write")
+    write.add_argument("--to", required=True, choices=list(FORMATS), help="the format (see below)")
+    write.add_argument("--overwrite", action="store_true", help="replace what is at PATH (only once the new one is whole)")
     args = p.parse_args(argv)
     path = Path(args.path)
 

@@ -36,32 +36,36 @@ def parser() -> ArgumentParser:
                     f"({HF_FAMILIES}). "
                     "The prompt comes from --prompt, --prompt_file, or standard input.",
     )
-    p.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
-    p.add_argument("--prompt", help="text to continue (default: standard input if piped, else a newline)")
-    p.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
-    p.add_argument("--num_samples", type=int, default=1, help="independent samples, generated as one batch")
-    p.add_argument("--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set with this mass, in (0, 1]")
-    p.add_argument("--min_p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    p.add_argument("--repetition_penalty", type=float, default=None, help="CTRL-style penalty for seen tokens (e.g. 1.2)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--stop", action="append", default=[], help="stop a sample when this text appears (repeatable)")
-    p.add_argument("--no_eos_stop", action="store_true", help="do not stop at the end-of-text token")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+    g = p.add_argument_group("what to read")
+    g.add_argument("--ckpt", required=True, help=f"checkpoint file, training out_dir, or Hugging Face folder ({HF_FAMILIES})")
+    g.add_argument("--prompt", help="text to continue (default: standard input if piped, else a newline)")
+    g.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
+    g = p.add_argument_group("what to generate")
+    g.add_argument("--num_samples", type=int, default=1, help="independent samples, generated as one batch")
+    g.add_argument("--max_new_tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    g.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--top_p", type=float, default=None, help="nucleus sampling: smallest set with this mass, in (0, 1]")
+    g.add_argument("--min_p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition_penalty", type=float, default=None, help="CTRL-style penalty for seen tokens (e.g. 1.2)")
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    g.add_argument("--stop", action="append", default=[], help="stop a sample when this text appears (repeatable)")
+    g.add_argument("--no_eos_stop", action="store_true", help="do not stop at the end-of-text token")
+    g.add_argument("--seed", type=int, default=1337)
+    g = p.add_argument_group("how to run")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="print tokens as they come (default: on when writing to a terminal, one sample only)")
-    p.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checking)")
-    p.add_argument("--static_cache", action="store_true", help="a KV cache of fixed shape (for CUDA graphs)")
-    p.add_argument("--compile", action="store_true", help="with --static_cache: compile the one-token decode step "
+    g.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checking)")
+    g.add_argument("--static_cache", action="store_true", help="a KV cache of fixed shape (for CUDA graphs)")
+    g.add_argument("--compile", action="store_true", help="with --static_cache: compile the one-token decode step "
                    "(CUDA graphs on a GPU; it pays off on long samples)")
-    p.add_argument("--attn_backend", choices=ATTENTION_BACKENDS, default=None,
+    g.add_argument("--attn_backend", choices=ATTENTION_BACKENDS, default=None,
                    help="attention backend (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    g = p.add_argument_group("system")
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="auto: bfloat16 (or float16) on a GPU, float32 on a CPU; a half dtype casts the weights once")
-    p.add_argument("--verbose", action="store_true", help="print tokens/s at the end")
+    g.add_argument("--verbose", action="store_true", help="print tokens/s at the end")
     return p
 
 

@@ -1,4 +1,4 @@
-"""``python -m minigpt.tokenizer --input PATH ... --out DIR``: train a byte-level BPE tokenizer on a corpus."""
+"""``python -m minigpt tokenizer --input PATH ... --out DIR``: train a byte-level BPE tokenizer on a corpus."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from ..data.bpe import PAD_TEXT, check_vocab_size, save_tokenizer, special_token
 from ..data.corpus import read_texts
 from ..data.tokenizers import EOT_TEXT, GPT2Tokenizer, HFTokenizer
 from ..errors import MiniGPTError
-from ..train.classify import pretraining_texts
+from ..train.finetune import pretraining_texts
 from . import ArgumentParser, add_corpus_inputs, corpus_inputs_given
 
 SAMPLE_DOCUMENTS = 1000  # the first documents, on which tokens per document are compared with GPT-2's
 
 EPILOG = """examples:
-  python -m minigpt.tokenizer --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \\
+  python -m minigpt tokenizer --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \\
       --vocab_size 16384 --out out-imdb-tokenizer
-  python -m minigpt.data --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \\
+  python -m minigpt data --input ../shared/data/imdb/unsup.jsonl --texts_of configs/imdb_classifier.toml \\
       --tokenizer out-imdb-tokenizer --out data/imdb/lm
-  python -m minigpt.tokenizer --input books/ 'more/*.jsonl.gz' --vocab_size 8192 --out out-books-tokenizer
+  python -m minigpt tokenizer --input books/ 'more/*.jsonl.gz' --vocab_size 8192 --out out-books-tokenizer
 
-DIR gets tokenizer.json and tokenizer_config.json, which python -m minigpt.data --tokenizer DIR, a
+DIR gets tokenizer.json and tokenizer_config.json, which python -m minigpt data --tokenizer DIR, a
 classification config's tokenizer = "DIR" (init_from = "scratch") and transformers'
 AutoTokenizer.from_pretrained(DIR) read; a model trained on such data keeps the tokenizer in its
 checkpoint. The corpus is read once, as a stream: files of any size, in memory that grows with the
@@ -31,14 +31,16 @@ number of distinct words only. DIR is written beside itself and renamed into pla
 
 
 def parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m minigpt.tokenizer",
+    parser = p = ArgumentParser(
+        prog="minigpt tokenizer",
         description="Train a byte-level BPE tokenizer (GPT-2's scheme, with the Hugging Face tokenizers library's "
-                    "trainer) on a corpus: text files, JSONL (also gzipped) and parquet as python -m minigpt.data "
+                    "trainer) on a corpus: text files, JSONL (also gzipped) and parquet as python -m minigpt data "
                     "reads them, and the training texts of a classification config.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_corpus_inputs(p, "a vocabulary fit for that domain")
-    p.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
+    read = p.add_argument_group("what to read")
+    add_corpus_inputs(read, "a vocabulary fit for that domain")
+    read.add_argument("--text_field", default="text", help="the key (JSONL) or column (parquet) holding the text")
+    p = p.add_argument_group("what to write")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (tokenizer.json, "
                    "tokenizer_config.json)")
     p.add_argument("--vocab_size", type=int, default=16384, help="tokens in all: 256 bytes, the special tokens and "
@@ -54,7 +56,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a folder already at --out (only once the new "
                    "one is whole)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    return p
+    return parser
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> int:
         raise MiniGPTError(f"--model_max_length must be at least 1, got {args.model_max_length}")
     out = check_new_folder(args.out, args.overwrite)  # before the corpus is read, not after
     documents, held_out = pretraining_texts(args.texts_of) if args.texts_of else (None, [])
-    texts = read_texts(args.input or [], args.text_field, documents, held_out)  # what python -m minigpt.data reads
+    texts = read_texts(args.input or [], args.text_field, documents, held_out)  # what python -m minigpt data reads
     seen = {"documents": 0, "bytes": 0}
     sample: list[str] = []
 

@@ -1,4 +1,4 @@
 """Text in, token ids out: tokenizers, corpus preparation, token files for training, labelled text.
 
-``python -m minigpt.data`` prepares a corpus (see ``minigpt/cli/data.py``).
+``python -m minigpt data`` prepares a corpus (see ``minigpt/cli/data.py``).
 """

@@ -30,7 +30,7 @@ writes fixed-size shards in llm.c's layout (``shards.py``) with a ``meta.json`` 
   was; run the same command again to continue it (a staging folder of other input or options is
   discarded). A move that was interrupted is finished by the next run into the folder.
 
-The command line is ``python -m minigpt.data`` (``minigpt/cli/data.py``).
+The command line is ``python -m minigpt data`` (``minigpt/cli/data.py``).
 """
 
 from __future__ import annotations

@@ -104,10 +104,10 @@ def _foreign_meta(data_dir: Path) -> dict:
     if ours:
         raise MiniGPTError(f"{data_dir}: no meta.json, but it holds a minigpt preparation ({', '.join(sorted(ours)[:3])}"
                            f"{', ...' if len(ours) > 3 else ''}) that did not finish or was damaged; run its "
-                           f"python -m minigpt.data command again to finish it (or prepare afresh with --overwrite)")
+                           f"python -m minigpt data command again to finish it (or prepare afresh with --overwrite)")
     if _foreign_shards(data_dir, "train"):
         return {"tokenizer": GPT2Tokenizer().to_meta(), "vocab_size": 50257, "dtype": "uint16", "foreign": True}
-    raise MiniGPTError(f"{data_dir}: no meta.json; prepare the data first: python -m minigpt.data --input TEXT --out {data_dir}")
+    raise MiniGPTError(f"{data_dir}: no meta.json; prepare the data first: python -m minigpt data --input TEXT --out {data_dir}")
 
 
 def _foreign_shards(data_dir: Path, split: str) -> list[Path]:
@@ -240,7 +240,7 @@ def _legacy_shard(data_dir: Path, split: str, meta: dict, dtype: np.dtype) -> Sh
     """The raw ``{split}.bin`` of an earlier minigpt version, checked against meta.json."""
     path = data_dir / f"{split}.bin"
     if not path.is_file():
-        raise MiniGPTError(f"{path} not found; prepare the data first (python -m minigpt.data --help)")
+        raise MiniGPTError(f"{path} not found; prepare the data first (python -m minigpt data --help)")
     size = path.stat().st_size
     if size % dtype.itemsize:
         raise MiniGPTError(f"{path}: {size:,} bytes is not a whole number of {dtype.name} tokens; the file is damaged "

@@ -39,7 +39,7 @@ from ..data.padding import pad
 from ..data.tokenizers import StreamDecoder, Tokenizer
 from ..device import allocation_failure, is_out_of_memory, total_memory
 from ..errors import MiniGPTError
-from ..model.layers import KVCache, StaticKVCache
+from ..model.cache import KVCache, StaticKVCache
 from ..model.model import GPT, positions_from_mask
 
 # ----------------------------------------------------------------------------- logit processors

@@ -1,4 +1,4 @@
-"""Perplexity of a model on held-out text (``python -m minigpt.evaluate``, e.g. on WikiText-2 test).
+"""Perplexity of a model on held-out text (``python -m minigpt evaluate``, e.g. on WikiText-2 test).
 
 The text is tokenised with the model's own tokenizer and scored with overlapping windows of
 ``block_size`` tokens moved by ``stride``: every token is predicted exactly once, with at least

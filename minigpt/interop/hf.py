@@ -16,7 +16,9 @@ import dataclasses
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,8 +30,6 @@ from ..model.model import GPT
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers older checkpoints kept
-LLAMA_TYPES = ("llama", "qwen2")
-HF_FAMILIES = "GPT-2, Llama, Qwen2"  # the Hugging Face model families read and written (for help texts)
 BLOCK_KEY = re.compile(r"(?:transformer\.h|h|model\.layers)\.(\d+)\.")  # a block's tensor, GPT-2's or Llama's: its index
 
 
@@ -81,13 +81,15 @@ def _config_from_hf(hf: dict, source: str) -> dict:
     """GPTConfig fields for a Hugging Face config.json."""
     if not isinstance(hf, dict):
         raise MiniGPTError(f"{source}: the config is not a JSON object")
-    model_type = hf_model_type(hf, source)
-    if model_type == "gpt2":
-        return _gpt2_config(hf, source)
-    if model_type in LLAMA_TYPES:
-        return _llama_config(hf, source)
-    raise MiniGPTError(f"{source}: config model_type {model_type!r} is not supported (minigpt reads gpt2, "
-                       f"{', '.join(LLAMA_TYPES)})")
+    return family(hf_model_type(hf, source), source).config_in(hf, source)
+
+
+def family(model_type: str, source: str) -> "Family":
+    """The ``FAMILIES`` entry of a Hugging Face ``model_type``, or an error naming those there are."""
+    if model_type not in FAMILIES:
+        raise MiniGPTError(f"{source}: config model_type {model_type!r} is not supported (minigpt reads "
+                           f"{', '.join(FAMILIES)})")
+    return FAMILIES[model_type]
 
 
 def _gpt2_config(hf: dict, source: str) -> dict:
@@ -204,7 +206,7 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
     if config.n_layer != len(blocks):  # before anything is built per layer (a num_hidden_layers of 10**9 ...)
         raise MiniGPTError(f"{source}: config has {config.n_layer:,} layers (n_layer / num_hidden_layers) but the "
                            f"weights hold {len(blocks):,} blocks (do the config and the weights belong together?)")
-    state = _gpt2_in(hf_state, config) if hf_config.get("model_type", "gpt2") == "gpt2" else _llama_in(hf_state, config, source)
+    state = family(hf_model_type(hf_config, source), source).weights_in(hf_state, config, source)
     optional = ["head.weight"] if config.tie_weights or not lm_head else []
     with torch.device("meta"):  # first the shapes config.json implies, without memory behind them: a config that
         shell = GPT(config)  # does not fit its weights (a vocab_size of 10**12) is an error before anything is allocated
@@ -216,7 +218,7 @@ def from_hf_state_dict(hf_config: dict, hf_state: dict[str, torch.Tensor], sourc
     return model
 
 
-def _gpt2_in(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+def _gpt2_in(hf_state: dict[str, torch.Tensor], config: GPTConfig, source: str) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in hf_state.items():
         key = key.removeprefix("transformer.")
@@ -315,7 +317,7 @@ def hf_architecture(config: GPTConfig) -> str:
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The weights of ``model`` named and laid out as the Hugging Face class of ``hf_architecture`` expects.
     A tied model has no ``lm_head.weight`` (as Hugging Face saves it); padding rows of the vocabulary are left out."""
-    tensors = _gpt2_out(model) if hf_architecture(model.config) == "gpt2" else _llama_out(model)
+    tensors = FAMILIES[hf_architecture(model.config)].weights_out(model)
     vocab = model.config.vocab_size
     for name in ("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
         if name in tensors:
@@ -365,23 +367,28 @@ def _llama_out(model: GPT) -> dict[str, torch.Tensor]:
 
 def to_hf_config(config: GPTConfig) -> dict:
     """A Hugging Face config dict (``GPT2Config``, ``LlamaConfig`` or ``Qwen2Config``) for ``config``."""
-    kind = hf_architecture(config)
-    if kind == "gpt2":
-        hf_config = {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
-            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
-            "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-            "n_inner": config.mlp_hidden or None,
-            "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,
-            "attn_pdrop": config.dropout, "embd_pdrop": config.dropout, "resid_pdrop": config.dropout,
-            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-            "initializer_range": 0.02,
-        }
-        # GPT-2's <|endoftext|> with its vocabulary; none otherwise (GPT2Config's default, 50256, would lie outside it)
-        eot = 50256 if config.vocab_size == 50257 else None
-        hf_config.update(bos_token_id=eot, eos_token_id=eot)
-        return hf_config
+    return FAMILIES[hf_architecture(config)].config_out(config)
+
+
+def _gpt2_hf_config(config: GPTConfig) -> dict:
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+        "n_inner": config.mlp_hidden or None,
+        "layer_norm_epsilon": config.layer_norm_eps, "tie_word_embeddings": config.tie_weights,
+        "attn_pdrop": config.dropout, "embd_pdrop": config.dropout, "resid_pdrop": config.dropout,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "initializer_range": 0.02,
+    }
+    # GPT-2's <|endoftext|> with its vocabulary; none otherwise (GPT2Config's default, 50256, would lie outside it)
+    eot = 50256 if config.vocab_size == 50257 else None
+    hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    return hf_config
+
+
+def _llama_hf_config(config: GPTConfig, kind: str) -> dict:
     hf_config = {
         "architectures": ["LlamaForCausalLM" if kind == "llama" else "Qwen2ForCausalLM"], "model_type": kind,
         "vocab_size": config.vocab_size, "hidden_size": config.n_embd, "intermediate_size": config.hidden,
@@ -398,6 +405,26 @@ def to_hf_config(config: GPTConfig) -> dict:
     else:
         hf_config.update(use_sliding_window=False, sliding_window=None)
     return hf_config
+
+
+@dataclass(frozen=True)
+class Family:
+    """A Hugging Face model family, both ways: its config.json and weights read into minigpt's, and
+    minigpt's written as its. One entry of ``FAMILIES`` per ``model_type``."""
+
+    name: str  # for help texts
+    config_in: Callable[[dict, str], dict]  # (config.json, source) -> GPTConfig fields
+    weights_in: Callable[[dict, GPTConfig, str], dict]  # (its state dict, the config, source) -> minigpt's state dict
+    config_out: Callable[[GPTConfig], dict]  # -> config.json (for a config ``hf_architecture`` assigns it)
+    weights_out: Callable[[GPT], dict]  # -> its state dict
+
+
+FAMILIES = {
+    "gpt2": Family("GPT-2", _gpt2_config, _gpt2_in, _gpt2_hf_config, _gpt2_out),
+    "llama": Family("Llama", _llama_config, _llama_in, lambda config: _llama_hf_config(config, "llama"), _llama_out),
+    "qwen2": Family("Qwen2", _llama_config, _llama_in, lambda config: _llama_hf_config(config, "qwen2"), _llama_out),
+}
+HF_FAMILIES = ", ".join(f.name for f in FAMILIES.values())  # the families read and written, for help texts
 
 
 def save_hf(model: GPT, path: str | Path) -> None:

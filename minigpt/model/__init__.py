@@ -2,8 +2,10 @@
 
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
-from .layers import Block, CausalSelfAttention, KVCache, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
+from .attention import ATTENTION_BACKENDS, register_attention
+from .cache import KVCache, StaticKVCache
+from .layers import Block, CausalSelfAttention, MLP, SinusoidalPositionalEmbedding, sinusoidal_table
 from .model import GPT, GPTBackbone, GPTClassifier
 
-__all__ = ["GPTConfig", "ClassificationHead", "LMHead", "Block", "CausalSelfAttention", "KVCache", "MLP",
+__all__ = ["GPTConfig", "ClassificationHead", "LMHead", "Block", "CausalSelfAttention", "KVCache", "StaticKVCache", "ATTENTION_BACKENDS", "register_attention", "MLP",
            "SinusoidalPositionalEmbedding", "sinusoidal_table", "GPT", "GPTBackbone", "GPTClassifier"]

@@ -21,8 +21,8 @@ from typing import Any
 
 from ..config_schema import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Range, check_settings, setting
 from ..errors import MiniGPTError, MiniGPTWarning
+from .attention import ATTENTION_BACKENDS  # name -> kernel: fused F.scaled_dot_product_attention | the softmax written out
 
-ATTENTION_BACKENDS = ("sdpa", "manual")  # fused F.scaled_dot_product_attention | softmax(QKᵀ/√D + mask)·V written out
 ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation of GELU | the exact (erf) form
 POSITIONAL_EMBEDDINGS = ("learned", "sinusoidal", "rope")  # a trained table (GPT-2) | fixed sinusoids | rotary (Llama)
 NORMS = ("layernorm", "rmsnorm")  # LayerNorm (GPT-2) | RMSNorm (Llama, Qwen2)

@@ -1,6 +1,6 @@
 """The math of a GPT, one module per concept: positions (learned, sinusoidal, rotary), norms
-(LayerNorm, RMSNorm), attention (multi-head, grouped-query, optional QK-norm; two backends), the
-MLP (GELU or SwiGLU) and the residual block. Which form each takes is a field of ``GPTConfig``.
+(LayerNorm, RMSNorm), attention (multi-head, grouped-query, optional QK-norm; its kernels and masks
+are in ``attention.py``), the MLP (GELU or SwiGLU) and the residual block. Which form each takes is a field of ``GPTConfig``.
 
 Shapes: B batch, T time (new tokens), S keys (cached + new), C channels (n_embd), H query heads,
 Hkv key/value heads, D head dim (C / H), V vocab.
@@ -8,18 +8,14 @@ Hkv key/value heads, D head dim (C / H), V vocab.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..errors import MiniGPTError
+from .attention import ATTENTION_BACKENDS
+from .cache import KVCache
 from .config import GPTConfig
-
-# F.scaled_dot_product_attention repeats key/value heads itself from torch 2.5 (enable_gqa)
-SDPA_GQA = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -125,114 +121,8 @@ def norm_layer(config: GPTConfig, dim: int | None = None) -> nn.Module:
 # ----------------------------------------------------------------------------- attention
 
 
-def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int | None = None,
-                        query_start: torch.Tensor | None = None) -> torch.Tensor:
-    """Combine the causal mask with a key-padding mask. True means "query may attend to key".
-
-    attention_mask: (B, S), 1 for real tokens and 0 for padding, over every key (cached ones too).
-    The queries are the last ``n_queries`` positions (default all S), or, with ``query_start`` (a
-    0-d tensor: a static cache's next slot), the ``n_queries`` slots from there. Returns (B, 1, T, S)
-    bool. A query always keeps its own position: a padding query whose earlier keys are all padding
-    (left padding) would otherwise have an all-masked row, and softmax over it is NaN. Real
-    queries are unaffected, since their own position is a real key anyway.
-    """
-    S = attention_mask.size(-1)
-    T = S if n_queries is None else n_queries
-    first = S - T if query_start is None else query_start
-    query_pos = first + torch.arange(T, device=attention_mask.device)[:, None]  # (T, 1) absolute positions
-    key_pos = torch.arange(S, device=attention_mask.device)[None, :]  # (1, S)
-    causal = key_pos <= query_pos  # (T, S)
-    key_is_real = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-    return causal & (key_is_real | (key_pos == query_pos))  # (B, 1, T, S)
-
-
-def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tensor:
-    """(T, S) bool, True where a query may see a key; the queries are the last T of the S positions."""
-    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
-
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """Each key/value head serves ``n_rep`` query heads: (B, Hkv, S, D) -> (B, Hkv·n_rep, S, D)."""
-    if n_rep == 1:
-        return x
-    B, Hkv, S, D = x.shape
-    return x[:, :, None].expand(B, Hkv, n_rep, S, D).reshape(B, Hkv * n_rep, S, D)
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, for every layer, preallocated to ``max_len``.
-
-    Decoding one token then costs one query against the cached keys instead of recomputing the
-    whole sequence. It holds the key/value heads only (n_kv_head of them: grouped-query attention
-    shrinks it by n_head / n_kv_head), in the dtype the model computes in, one tensor per layer
-    (``k[layer]``, ``v[layer]``: (B, Hkv, max_len, D)). ``length`` counts the cached positions; the
-    model advances it. Attention reads the ``length`` filled slots.
-    """
-
-    static = False
-
-    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        # one tensor per layer, not one (L, ...) block: a compiled step then writes each in place (a write
-        # through a view of one block is functionalised into a copy of the whole block at every token)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]  # L x (B, Hkv, max_len, D)
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.batch_size, self.max_len, self.dtype, self.device = batch_size, max_len, dtype, self.k[0].device
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys/values (B, Hkv, T, D) after the cached ones; return all of them (B, Hkv, S, D)."""
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise MiniGPTError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer][:, :, self.length:end] = k.to(self.dtype)
-        self.v[layer][:, :, self.length:end] = v.to(self.dtype)
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reset(self) -> None:
-        """Empty the cache in place (same tensors), as if just made."""
-        for tensor in (*self.k, *self.v):
-            tensor.zero_()
-        self.length = 0
-
-    def nbytes(self) -> int:
-        return sum(t.nelement() * t.element_size() for t in (*self.k, *self.v))
-
-
-class StaticKVCache(KVCache):
-    """A cache of fixed shape for CUDA graphs: attention always reads all ``max_len`` slots (a mask
-    hides the empty ones), and the next slot to write is a tensor, ``pos``, so a compiled decode step
-    sees the same shapes and no Python number change from one token to the next."""
-
-    static = True
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pos = torch.zeros((), dtype=torch.long, device=self.device)  # the next slot
-        for buffer in (*self.k, *self.v, self.pos):  # written in place by a compiled step: fixed addresses let
-            torch._dynamo.mark_static_address(buffer)  # CUDA graphs replay instead of being skipped
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new keys/values (B, Hkv, T, D) at slots pos ... pos + T - 1; return every slot (B, Hkv, max_len, D)."""
-        slots = self.pos + torch.arange(k.size(2), device=k.device)  # (T,)
-        self.k[layer].index_copy_(2, slots, k.to(self.dtype))
-        self.v[layer].index_copy_(2, slots, v.to(self.dtype))
-        return self.k[layer], self.v[layer]
-
-    def advance(self, n: int) -> None:
-        self.pos += n  # in place: the tensor a compiled graph holds moves on
-
-    def reset(self) -> None:
-        super().reset()
-        self.pos.zero_()
-
-
 class CausalSelfAttention(nn.Module):
-    """Masked self-attention with grouped-query heads and two interchangeable backends.
+    """Masked self-attention with grouped-query heads, through a kernel of ``ATTENTION_BACKENDS``.
 
     ``sdpa``: ``F.scaled_dot_product_attention``, which dispatches to a fused kernel (flash or
     memory-efficient attention on the GPU). ``manual``: the formula written out,
@@ -252,16 +142,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.q_norm = RMSNorm(self.head_dim, config.layer_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.layer_norm_eps) if config.qk_norm else None
-        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x: (B, T, C) new tokens; attention_mask: optional (B, S) over all S = cached + T keys,
-        1 = token, 0 = padding, or that mask already combined with the causal one, (B, 1, T, S) bool
-        (as the backbone builds it once for all layers; a static cache needs it); kv_cache: keys/values
-        of earlier tokens; rope: the rotary (cos, sin) of the new tokens' positions. Returns (B, T, C)."""
-        T = x.size(1)
+        """x: (B, T, C) the new tokens' states; mask: None (plain causal, the queries last among the
+        keys) or (B or 1, 1, T, S) bool over all S = cached + T keys, as the backbone builds it once
+        for every layer; kv_cache: keys/values of earlier tokens; rope: the rotary (cos, sin) of the
+        new tokens' positions. Returns (B, T, C)."""
         q, k, v = self.c_attn(x).split(self.split, dim=-1)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.n_head)  # (B, H, T, D)
         k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_head)  # (B, Hkv, T, D)
@@ -270,45 +158,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
         if kv_cache is not None:
-            past = kv_cache.length
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, Hkv, S, D), S = past + T (every slot if static)
-        S = k.size(2)
-        if attention_mask is not None and attention_mask.dim() == 4:
-            mask = attention_mask  # (B, 1, T, S), combined by the caller
-        elif attention_mask is not None:
-            mask = padding_causal_mask(attention_mask, T)  # (B, 1, T, S)
-        elif past == 0 or T == 1:
-            mask = None  # plain causal (or a single newest query, which may see every key)
-        else:
-            mask = causal_mask(T, S, x.device)  # (T, S): queries sit at the end of the sequence
-        n_rep = self.n_head // self.n_kv_head
-        if self.backend == "sdpa":
-            if n_rep > 1 and not SDPA_GQA:
-                k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-            gqa = {"enable_gqa": True} if n_rep > 1 and SDPA_GQA else {}
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is None and T > 1,  # lets the kernel skip building a mask at all
-                **gqa,
-            )  # (B, H, T, D)
-        else:
-            if mask is None:
-                mask = causal_mask(T, S, x.device)  # (T, S)
-            y = self.manual_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+        kernel = ATTENTION_BACKENDS[self.backend]
+        y = kernel(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, H·D)
         return self.resid_dropout(self.c_proj(y))
-
-    def manual_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """softmax(Q Kᵀ / √D + mask) · V, with mask True where a query may see a key. (B, H, T, D) -> (B, H, T, D)."""
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-        scores = scores.masked_fill(~mask, float("-inf"))  # the "+ mask" term: -inf where not allowed
-        weights = F.softmax(scores, dim=-1)  # (B, H, T, S), each row sums to 1
-        weights = self.attn_dropout(weights)
-        return weights @ v  # (B, H, T, D)
 
 
 # ----------------------------------------------------------------------------- MLP and block
@@ -351,8 +206,8 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, rope)
+        x = x + self.attn(self.ln_1(x), mask, kv_cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x

@@ -1,39 +1,18 @@
-"""Training: the shared loop (``loop.fit``), its two tasks (pretraining, classification), their configs and plots.
+"""Training: the shared loop (``loop.fit``) and the tasks registered with it (``registry``):
+pretraining and classification here, any other through ``register_task``.
 
-``run(cfg)`` trains whichever task ``cfg`` is for; ``config_class`` picks the schema a TOML file follows.
+``run(cfg)`` trains whichever task ``cfg`` is for; ``task_of`` picks the task (and so the schema) a
+TOML file follows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from .finetune import CLASSIFY, ClassifyConfig, finetune
+from .pretrain import PRETRAIN, PretrainConfig, train
+from .registry import TASKS, TaskSpec, register_task, run, task_of
 
-from ..config_schema import read_toml
-from ..errors import MiniGPTError
-from .classify import ClassifyConfig, finetune
-from .pretrain import PretrainConfig, train
+for _spec in (PRETRAIN, CLASSIFY):
+    register_task(_spec)
 
-SCHEMAS = {"pretrain": PretrainConfig, "classify": ClassifyConfig}  # task -> its config schema
-
-
-def config_class(toml_path: str | Path | None, overrides: Sequence[str] = ()) -> type:
-    """The schema a config follows, by its task: a ``--task=`` override first, then the file's
-    ``task`` key, else pretraining."""
-    task = None
-    for i, item in enumerate(overrides):
-        if item.startswith("--task="):
-            task = item.split("=", 1)[1]
-        elif item == "--task" and i + 1 < len(overrides):
-            task = overrides[i + 1]
-    if task is None and toml_path is not None:
-        task = read_toml(toml_path).get("task", "pretrain")
-    if task is None:
-        task = "pretrain"
-    if task not in SCHEMAS:
-        raise MiniGPTError(f"{toml_path or 'command line'}: task must be one of {', '.join(SCHEMAS)}; got {task!r}")
-    return SCHEMAS[task]
-
-
-def run(cfg: PretrainConfig | ClassifyConfig) -> dict:
-    """Train as ``cfg`` says: pretraining or fine-tuning a classifier."""
-    return finetune(cfg) if isinstance(cfg, ClassifyConfig) else train(cfg)
+__all__ = ["TASKS", "TaskSpec", "register_task", "run", "task_of", "PretrainConfig", "ClassifyConfig", "train",
+           "finetune"]

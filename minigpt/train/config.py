@@ -2,7 +2,7 @@
 (``ModelFields``, derived from ``GPTConfig`` so each architecture field is stated once).
 
 The task-specific schemas build on these: ``PretrainConfig`` (``train/pretrain.py``) and
-``ClassifyConfig`` (``train/classify.py``). A TOML file and ``--key=value`` overrides fill them
+``ClassifyConfig`` (``train/finetune.py``). A TOML file and ``--key=value`` overrides fill them
 through ``minigpt.config_schema.build_config``.
 """
 
@@ -21,6 +21,7 @@ from ..errors import MiniGPTError
 from ..model.config import RUNTIME_FIELDS, GPTConfig
 from .optim import OPTIMIZERS
 
+TASK_HELP = "what to train: a registered task (minigpt train --help lists them)"
 SCHEDULES = ("cosine", "wsd")  # the learning-rate shapes after warmup
 
 
@@ -28,14 +29,13 @@ SCHEDULES = ("cosine", "wsd")  # the learning-rate shapes after warmup
 class LoopConfig:
     """Settings every training run shares (pretraining and classification)."""
 
-    task: str = setting("pretrain", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
+    task: str = setting("", TASK_HELP, section="run")
     out_dir: str = setting("out", "where checkpoints, metrics.jsonl and plots are written")
     resume: bool = setting(False, "continue from out_dir/ckpt_last (weights, optimizer, RNG, data order)")
     overwrite: bool = setting(False, "start afresh in an out_dir that holds a run: its files make way once the new "
                                      "run has read everything it needs, and are deleted at its first checkpoint (put "
                                      "back if it fails before)")
-    # optimisation
-    batch_size: int = setting(12, "sequences per micro-batch (per process)", within=AT_LEAST_1)
+    batch_size: int = setting(12, "sequences per micro-batch (per process)", within=AT_LEAST_1, section="optimisation")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step, summed over all processes",
                                                within=AT_LEAST_1)
     max_iters: int = setting(2000, "optimizer steps in total", within=AT_LEAST_1)
@@ -58,14 +58,13 @@ class LoopConfig:
     beta1: float = setting(0.9, "AdamW beta1", within=UNIT)
     beta2: float = setting(0.99, "AdamW beta2", within=UNIT)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)", within=AT_LEAST_0)
-    # evaluation, logging, checkpoints
-    eval_interval: int = setting(250, "evaluate and checkpoint every this many steps", within=AT_LEAST_1)
+    eval_interval: int = setting(250, "evaluate and checkpoint every this many steps", within=AT_LEAST_1,
+                                 section="evaluation, logging, checkpoints")
     eval_iters: int = setting(200, "batches averaged for each evaluation", within=AT_LEAST_1)
     log_interval: int = setting(10, "steps between metrics.jsonl lines", within=AT_LEAST_1)
     eval_only: bool = setting(False, "evaluate the checkpoint in out_dir and exit")
     plot: bool = setting(True, "write plots (loss.png) at the end")
-    # system
-    device: str = setting("auto", DEVICE_HELP)
+    device: str = setting("auto", DEVICE_HELP, section="system")
     dtype: str = setting("auto", "auto: bf16 on capable CUDA, else fp32; float16 is for CUDA", ("auto", *DTYPES))
     compile: str = setting("auto", "torch.compile the model (auto: on CUDA under Linux)", ("auto", "true", "false"))
     tf32: bool = setting(True, "on CUDA, let float32 matmuls use TF32 tensor cores (about 8x faster on an A100)")
@@ -99,7 +98,8 @@ SMALL_MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, pad_vocab_mul
 def _model_fields() -> type:
     """A dataclass of ``GPTConfig``'s fields (type, help, choices) without the vocabulary, which comes
     from the tokenizer; the default shape is ``SMALL_MODEL`` instead of GPT-2 124M."""
-    specs = [(f.name, f.type, dataclasses.field(default=SMALL_MODEL.get(f.name, f.default), metadata=f.metadata))
+    specs = [(f.name, f.type, dataclasses.field(default=SMALL_MODEL.get(f.name, f.default),
+                                                metadata={**f.metadata, "section": "model"}))
              for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
     return dataclasses.make_dataclass("ModelFieldsBase", specs)
 

@@ -4,8 +4,9 @@ torch.compile and DDP, periodic evaluation, atomic checkpoints (last and best), 
 run per folder, ``--overwrite`` that keeps the old run until the new one has a checkpoint,
 SIGINT/SIGTERM, a progress bar, metrics.jsonl and a loss plot.
 
-A task (pretraining, classification) describes itself as a ``Task``: its model and optimizer, how to
-draw a batch for a step, its loss and its evaluation. ``fit`` does everything else. Under
+A task (pretraining, classification, any registered one) brings a ``Task``: its model and optimizer,
+how to draw a batch for a step, its loss, its evaluation, what its metrics are called and the files
+it writes. ``fit`` does everything else; nothing here names a task. Under
 ``torchrun`` the run is data-parallel (nccl on GPUs, gloo on CPUs); only rank 0 writes files.
 Progress lines go to the ``minigpt`` logger (the command-line tools print them).
 """
@@ -46,7 +47,12 @@ from .plots import plot_losses
 log = logging.getLogger(__name__)
 
 
-RUN_FILES = (LAST, BEST, "metrics.jsonl", "loss.png", "report.json", "report.txt", "confusion.png")  # what a run writes
+LOOP_FILES = (LAST, BEST, "metrics.jsonl", "loss.png")  # what the loop writes in out_dir; a task adds its outputs
+
+
+def run_files(outputs: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The files a run of a task with these ``outputs`` writes: what --overwrite replaces and --resume needs."""
+    return LOOP_FILES + tuple(outputs)
 
 
 class NonFiniteLoss(MiniGPTError):
@@ -193,7 +199,10 @@ class Task:
     higher_is_better: bool
     meta: dict  # JSON kept in checkpoints: configs, tokenizer, labels
     units_per_step: int  # tokens (pretraining) or examples (classification) per optimizer step
-    unit: str = "tok"
+    unit: str = "tok"  # their short name, for rates: tok/s
+    units: str = "tokens"  # their name in metrics.jsonl and on loss.png's top axis
+    curves: tuple[str, ...] = ()  # evaluation metrics loss.png draws beside the loss, on their own axis
+    outputs: tuple[str, ...] = ()  # files the task writes in out_dir besides the loop's (LOOP_FILES)
     flops_per_step: float | None = None  # for MFU; None hides it
     patience: int | None = None  # stop after this many evaluations without a better score
     restore_best: bool = False  # end with the weights of the best evaluation (from ckpt_best)
@@ -210,12 +219,12 @@ class OldRun:
     any failure puts them back (``restore``), so a mistyped setting that only shows once training
     begins costs nothing; a run killed before then has them put back by the next start."""
 
-    def __init__(self, out: Path):
-        self.out, self.folder = out, out / SET_ASIDE
+    def __init__(self, out: Path, files: tuple[str, ...]):
+        self.out, self.folder, self.files = out, out / SET_ASIDE, files
 
     def set_aside(self) -> None:
         self.folder.mkdir(exist_ok=True)
-        for name in RUN_FILES:
+        for name in self.files:
             if (self.out / name).exists():
                 os.replace(self.out / name, self.folder / name)
 
@@ -230,7 +239,7 @@ class OldRun:
         """Remove what the new run wrote and put the old files back; returns their names."""
         if not self.pending():
             return []
-        for name in RUN_FILES:
+        for name in self.files:
             (self.out / name).unlink(missing_ok=True)
         names = sorted(p.name for p in self.folder.iterdir())
         for name in names:
@@ -239,22 +248,23 @@ class OldRun:
         return names
 
 
-def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
+def prepare_out_dir(cfg: LoopConfig, ddp: Distributed, outputs: tuple[str, ...] = ()) -> Path:
     """Check out_dir before a run reads or writes anything, so no run is lost to a forgotten flag.
 
     A folder that holds a run is continued (``resume``) or replaced (``overwrite``: by ``fit``, once
     everything the new run needs has been read), never silently written over; ``resume`` and
     ``eval_only`` need its ckpt_last. An old run that a killed ``--overwrite`` had set aside is put
     back, and temporary files that a killed run left behind are removed. The caller holds the lock.
+    ``outputs``: the task's files besides the loop's.
     """
-    out = Path(cfg.out_dir)
+    out, files = Path(cfg.out_dir), run_files(outputs)
     if ddp.master and not cfg.eval_only:
         output_dir(out)
-        restored = OldRun(out).restore()
+        restored = OldRun(out, files).restore()
         if restored:
             log.info(f"{out}: put back the run that an interrupted --overwrite had set aside ({', '.join(restored)})")
-        remove_stale_temporaries(out, RUN_FILES)
-    held = [name for name in RUN_FILES if (out / name).exists()]
+        remove_stale_temporaries(out, files)
+    held = [name for name in files if (out / name).exists()]
     if cfg.resume or cfg.eval_only:
         if not (out / LAST).is_file():
             also = f" (it holds {', '.join(held)})" if held else ""
@@ -266,16 +276,16 @@ def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
 
 
 @contextmanager
-def run_folder(cfg: LoopConfig, ddp: Distributed) -> Iterator[Path]:
+def run_folder(cfg: LoopConfig, ddp: Distributed, outputs: tuple[str, ...] = ()) -> Iterator[Path]:
     """out_dir, checked (``prepare_out_dir``) and locked against a second run for as long as this one
     lasts (rank 0 holds the lock; an evaluation only reads, and takes none)."""
     if not ddp.master or cfg.eval_only:
-        yield prepare_out_dir(cfg, ddp)
+        yield prepare_out_dir(cfg, ddp, outputs)
         return
     created = not Path(cfg.out_dir).exists()
     try:
         with hold_lock(output_dir(cfg.out_dir), "training run"):
-            yield prepare_out_dir(cfg, ddp)
+            yield prepare_out_dir(cfg, ddp, outputs)
     except BaseException:
         out = Path(cfg.out_dir)
         if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]:
@@ -343,7 +353,7 @@ class Run:
         self.last_metrics: dict[str, float] = {}
         self.peak = float("nan")
         self.bar: tqdm | None = None
-        self.old_run = OldRun(self.out_dir)  # set aside by --overwrite until the first checkpoint
+        self.old_run = OldRun(self.out_dir, run_files(task.outputs))  # set aside by --overwrite until the first checkpoint
         self._window_start = (0, time.perf_counter())  # (iteration, time) the throughput is measured from
         self._warm = False  # the process's first step (compilation, allocation) is behind it
 
@@ -428,7 +438,7 @@ class Run:
         patience has run out. Nothing is saved unless the evaluation and the weights are finite."""
         self.last_metrics = self.evaluate()
         self.measure_peak()
-        self.log_record({"iter": self.iter_num, self.units_key: self.units_seen, **self.last_metrics})
+        self.log_record({"iter": self.iter_num, self.task.units: self.units_seen, **self.last_metrics})
         self.check_finite(f"the evaluation gave {format_metrics(self.last_metrics)}",
                           all(math.isfinite(v) for v in self.last_metrics.values()))
         score = self.last_metrics[self.task.score]
@@ -465,7 +475,7 @@ class Run:
             return
         meta = {**self.task.meta, "train_config": self.cfg.to_dict(), "iter_num": self.iter_num,
                 "score_name": self.task.score, "best_score": self.best, "best_iter": self.best_iter,
-                "bad_evals": self.bad_evals,
+                "bad_evals": self.bad_evals, "plot": {"units": self.task.units, "curves": list(self.task.curves)},
                 "units_seen": self.units_seen, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
         try:
             save_checkpoint(self.out_dir / name, self.task.model, meta, self.task.optimizer, rng_state(self.device))
@@ -549,7 +559,7 @@ class Run:
         now = time.perf_counter()
         steps, elapsed = self.iter_num - self._window_start[0], now - self._window_start[1]
         self._window_start = (self.iter_num, now)
-        record = {"iter": self.iter_num, self.units_key: self.units_seen, "train_loss": loss, "lr": lr}
+        record = {"iter": self.iter_num, self.task.units: self.units_seen, "train_loss": loss, "lr": lr}
         postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
         if steps == 0:  # the window holds only the first step, which compiled: no throughput to report
             record["warmup"] = True
@@ -582,10 +592,6 @@ class Run:
     # --------------------------------------------------------------------------- bookkeeping
 
     @property
-    def units_key(self) -> str:
-        return "tokens" if self.task.unit == "tok" else "examples"
-
-    @property
     def units_seen(self) -> int:
         return self.iter_num * self.task.units_per_step
 
@@ -606,8 +612,8 @@ class Run:
             if self.ddp.enabled:
                 dist.barrier()  # rank 0 has finished writing it
             load_checkpoint(self.out_dir / BEST).load_model(self.task.model)
-        png = plot_losses(self.out_dir) if self.ddp.master and self.cfg.plot else None
-        return {"iter_num": self.iter_num, "best_score": self.best, "best_iter": self.best_iter,
+        png = plot_losses(self.out_dir, self.task.units, self.task.curves) if self.ddp.master and self.cfg.plot else None
+        return {"iter_num": self.iter_num, f"best_{self.task.score}": self.best, "best_iter": self.best_iter,
                 "score_name": self.task.score, "stopped_early": stopped_early, **self.last_metrics,
                 "out_dir": str(self.out_dir), "loss_png": png}
 
@@ -641,7 +647,7 @@ def evaluate_only(run: Run) -> dict:
     metrics = run.evaluate()
     if run.ddp.master:
         log.info(f"iter {run.iter_num}: {format_metrics(metrics)}")
-    return {"iter_num": run.iter_num, "best_score": run.best, "best_iter": run.best_iter,
+    return {"iter_num": run.iter_num, f"best_{run.task.score}": run.best, "best_iter": run.best_iter,
             "score_name": run.task.score, "eval_only": True, **metrics, "out_dir": str(run.out_dir)}
 
 

@@ -1,5 +1,5 @@
 """Pictures of a training run: the loss curve from ``metrics.jsonl`` (``loss.png``, also drawn by
-``python -m minigpt.plot OUT_DIR``) and a classifier's confusion matrix (``confusion.png``)."""
+``python -m minigpt plot OUT_DIR``) and a classifier's confusion matrix (``confusion.png``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import LAST
 from ..errors import MiniGPTError
+from ..files import read_safetensors_metadata
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,29 @@ def _pyplot(what: str):
     return plt
 
 
-def plot_losses(out_dir: str | Path) -> Path | None:
-    """Train (per step) and val (per evaluation) loss against iteration, with tokens on a top axis.
+def declared_plot(out_dir: str | Path) -> tuple[str | None, tuple[str, ...]]:
+    """What the task of the run in ``out_dir`` declared for its plot, as its last checkpoint keeps it:
+    (the units counted in metrics.jsonl, the metrics drawn beside the loss); (None, ()) when unknown."""
+    last = Path(out_dir) / LAST
+    if not last.is_file():
+        return None, ()
+    declared = read_safetensors_metadata(last, "minigpt").get("plot") or {}
+    return declared.get("units"), tuple(declared.get("curves", ()))
+
+
+def plot_losses(out_dir: str | Path, units: str | None = None, curves: tuple[str, ...] | None = None) -> Path | None:
+    """Train (per step) and val (per evaluation) loss against iteration, the ``units`` seen (a key of
+    the records: tokens, examples) on a top axis, and each metric of ``curves`` (val accuracy) on a
+    second vertical axis. Without ``units`` and ``curves`` they are read from out_dir's checkpoint
+    (``declared_plot``).
 
     Returns the PNG path, or None (with a note) when matplotlib is not installed.
     """
     plt = _pyplot("loss.png")
     if plt is None:
         return None
+    if units is None and curves is None:
+        units, curves = declared_plot(out_dir)
     records = read_metrics(out_dir)
     # a resumed run appends; keep the last record for each (kind, iteration)
     train = {r["iter"]: r for r in records if "train_loss" in r}
@@ -69,18 +86,20 @@ def plot_losses(out_dir: str | Path) -> Path | None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    accuracy = sorted(i for i in val if "val_accuracy" in val[i])
-    if accuracy:  # classification: accuracy on a second axis
-        right = ax.twinx()
-        right.plot(accuracy, [val[i]["val_accuracy"] for i in accuracy], "s--", ms=3, color="tab:red", label="val accuracy")
-        right.set_ylabel("val accuracy")
+    right = None
+    for name, color in zip(curves or (), ("tab:red", "tab:purple", "tab:brown", "tab:olive")):
+        its = sorted(i for i in val if name in val[i])
+        if its:  # a metric other than the loss (a classifier's accuracy): its own axis on the right
+            right = right or ax.twinx()
+            right.plot(its, [val[i][name] for i in its], "s--", ms=3, color=color, label=name.replace("_", " "))
+    if right is not None:
+        right.set_ylabel(", ".join(name.replace("_", " ") for name in curves))
         right.legend(loc="center right")
-    any_record = next((r for r in [*train.values(), *val.values()] if r.get("iter")), None)
-    unit = "tokens" if any_record and "tokens" in any_record else "examples"
+    any_record = next((r for r in [*train.values(), *val.values()] if r.get("iter") and units in r), None)
     if any_record:
-        per_iter = any_record[unit] / any_record["iter"]
+        per_iter = any_record[units] / any_record["iter"]
         top = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
-        top.set_xlabel(unit)
+        top.set_xlabel(units)
     ax.set_title(Path(out_dir).name)
     fig.tight_layout()
     png = Path(out_dir) / "loss.png"

@@ -17,24 +17,27 @@ from ..interop.hf import HF_FAMILIES
 from ..loading import load_model
 from ..model.config import RUNTIME_FIELDS
 from ..model.model import GPT
-from .config import LoopConfig, ModelFields
+from .config import TASK_HELP, LoopConfig, ModelFields
 from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
 from .optim import optimizer_for
+from .registry import TaskSpec
 
 
 @dataclass
 class PretrainConfig(LoopConfig, ModelFields):
     """Pretraining (``task = "pretrain"``): read from a TOML file in ``configs/``, then ``--key=value`` overrides."""
 
-    data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder (python -m minigpt.data), or a "
-                                                        "folder of llm.c GPT-2 shards")
+    task: str = setting("pretrain", TASK_HELP, section="run")
+    data_dir: str = setting("data/tinyshakespeare/char", "prepared data folder (python -m minigpt data), or a "
+                                                        "folder of llm.c GPT-2 shards", section="data")
     bos_aligned: bool = setting(False, "start every training window at a document (at the token that begins each "
                                        "document: the tokenizer's beginning of text, else its end of text)")
     verify_data: bool = setting(False, "check every token id of the data against the vocabulary before training "
                                        "(otherwise a sample is checked)")
     init_from: str = setting("scratch", "scratch (random weights), or continue pretraining from this checkpoint, "
                                         f"out_dir or Hugging Face folder ({HF_FAMILIES}; fresh optimizer); its architecture replaces "
-                                        "the model keys, except the run-time ones (" + ", ".join(RUNTIME_FIELDS) + ")")
+                                        "the model keys, except the run-time ones (" + ", ".join(RUNTIME_FIELDS) + ")",
+                            section="model")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,7 +92,7 @@ def pretrain_task(cfg: PretrainConfig, ddp: Distributed, device: torch.device) -
         loss=lambda m, batch: m(*batch)[1],
         evaluate=evaluate, score="val_loss", higher_is_better=False,
         meta={"model_config": model.config.to_dict(), "tokenizer": meta["tokenizer"]},
-        units_per_step=tokens_per_step, unit="tok", flops_per_step=model.flops_per_token() * tokens_per_step,
+        units_per_step=tokens_per_step, unit="tok", units="tokens", flops_per_step=model.flops_per_token() * tokens_per_step,
         banner=f"model: {model.num_parameters():,} parameters{origin} | data: {len(train_windows.tokens):,} train tokens "
                f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}"
                f"{'; no meta.json: read as llm.c GPT-2 shards' if meta.get('foreign') else ''})",
@@ -113,6 +116,14 @@ def train(cfg: PretrainConfig) -> dict:
         with memory_errors("building the model (n_layer, n_embd, the vocabulary and pad_vocab_multiple size it)"):
             task = pretrain_task(cfg, ddp, device)
         with memory_errors(f"training with batch_size={cfg.batch_size} and block_size={task.model.config.block_size}"):
-            summary = fit(task, cfg, ddp, device, resolve_dtype(device, cfg.dtype))
-    summary["best_val_loss"] = summary.pop("best_score", None)
-    return summary
+            return fit(task, cfg, ddp, device, resolve_dtype(device, cfg.dtype))
+
+
+def report(summary: dict) -> str:
+    """The line ``minigpt train`` ends a pretraining run (or an evaluation, ``eval_only``) with."""
+    return (f"done: {summary['iter_num']} iterations, val loss {summary['val_loss']:.4f} "
+            f"(best {summary['best_val_loss']:.4f}), checkpoints in {summary['out_dir']}")
+
+
+PRETRAIN = TaskSpec("pretrain", "a next-token language model on data prepared by `minigpt data`", PretrainConfig,
+                    train, report=report)

@@ -54,7 +54,7 @@ def test_errors():
 
 def test_cli_reports_missing_checkpoint(tmp_path):
     (tmp_path / "t.txt").write_text("hello")
-    proc = subprocess.run([sys.executable, "-m", "minigpt.evaluate", "--ckpt", str(tmp_path), "--input", str(tmp_path / "t.txt")],
+    proc = subprocess.run([sys.executable, "-m", "minigpt", "evaluate", "--ckpt", str(tmp_path), "--input", str(tmp_path / "t.txt")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no minigpt checkpoint" in proc.stderr
 
@@ -77,7 +77,7 @@ def test_cli_scores_documents_of_any_format_and_prepared_splits(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
 
     def evaluate(*args):
-        proc = subprocess.run([sys.executable, "-m", "minigpt.evaluate", "--ckpt", str(tmp_path / "run"), *args],
+        proc = subprocess.run([sys.executable, "-m", "minigpt", "evaluate", "--ckpt", str(tmp_path / "run"), *args],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout

@@ -21,12 +21,12 @@ from minigpt.config_schema import build_config, config_help, read_toml
 from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta
 from minigpt.model.layers import CausalSelfAttention
-from minigpt.train import config_class
-from minigpt.train.classify import ClassifyConfig, load_backbone
+from minigpt.train import task_of
+from minigpt.train.finetune import ClassifyConfig, load_backbone
 from minigpt.train.loop import Distributed, NonFiniteLoss, Task, fit, learning_rate
 from minigpt.train.pretrain import PretrainConfig, continued_model, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +265,7 @@ def test_help_lists_every_key():
         assert f"--{key}=" in out
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     """Each file in configs/ builds under the schema of its task: no misspelt key, no wrong type. A
     pipeline's data config (tables of command-line options) parses under those commands' parsers."""
@@ -283,7 +283,7 @@ def test_every_shipped_config_is_valid(path):
             args = parsers[name].parse_args(["--input", "x", "--out", "y", *pipeline.flags(options)])
             assert all(getattr(args, key) == value for key, value in options.items())
         return
-    cfg = build_config(config_class(str(path)), str(path), [])
+    cfg = build_config(task_of(str(path)).schema, str(path), [])
     assert cfg.out_dir.startswith("out-")  # results land in a git-ignored folder
 
 

@@ -30,7 +30,7 @@ from minigpt.data.loader import load_meta, open_split
 from minigpt.data.shards import ShardWriter
 from minigpt.locks import LOCK_FILE, hold_lock
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 GPT2 = ["--tokenizer", "gpt2", "--no_progress"]
 
@@ -55,7 +55,7 @@ def verify(folder: Path) -> None:
 
 
 def run_prepare(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minigpt.data", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minigpt", "data", *map(str, args)], capture_output=True, text=True,
                           timeout=300, cwd=REPO, **kwargs)
 
 
@@ -65,7 +65,7 @@ def one_error_line(stderr: str, text: str) -> None:
 
 
 def cli(capsys, *args) -> tuple[int, str]:
-    """python -m minigpt.data in this process: (exit code, stderr)."""
+    """python -m minigpt data in this process: (exit code, stderr)."""
     capsys.readouterr()
     code = run_cli(data_cli.main, [str(a) for a in args])
     return code, capsys.readouterr().err
@@ -117,7 +117,8 @@ def gated_write(self, ids):                # the first write waits (holding the 
         time.sleep(0.02)
     original(self, ids)
 ShardWriter.write = gated_write
-runpy.run_module("minigpt.data", run_name="__main__", alter_sys=True)
+sys.argv.insert(1, "data")               # python -m minigpt data ...
+runpy.run_module("minigpt", run_name="__main__", alter_sys=True)
 """
 
 
@@ -393,7 +394,7 @@ def test_ctrl_c_with_two_workers_is_one_line_and_the_same_command_continues(tmp_
         for i in range(8):
             write(books / f"b{i}.txt", SHAKESPEARE[i * 125_000:(i + 1) * 125_000] * repeat)
         args = ["--input", books, "--out", out, "--shard_tokens", "2K", "--workers", "2", *GPT2]
-        proc = subprocess.Popen([sys.executable, "-m", "minigpt.data", *map(str, args)], cwd=REPO, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt", "data", *map(str, args)], cwd=REPO, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.time() + 120
         while not (out / "train_000003.bin").exists():  # tokenizing, in the worker processes

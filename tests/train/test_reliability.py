@@ -20,11 +20,11 @@ from minigpt.cli import run_cli
 from minigpt.cli import train as train_cli
 from minigpt.config_schema import build_config
 from minigpt.errors import MiniGPTError
-from minigpt.train.classify import ClassifyConfig, finetune
+from minigpt.train.finetune import ClassifyConfig, finetune
 from minigpt.train.loop import Distributed, NonFiniteLoss, Task, fit, prepare_out_dir
 from minigpt.train.pretrain import PretrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_the_best_checkpoint_can_be_the_first_evaluation(tmp_path):
     initial = net.weight.detach().clone()
     summary = fit(task, loop_cfg(tmp_path), Distributed(enabled=False), torch.device("cpu"), torch.float32)
     assert summary["stopped_early"] and summary["iter_num"] == 4
-    assert summary["best_iter"] == 0 and summary["best_score"] == 0.1
+    assert summary["best_iter"] == 0 and summary["best_val_loss"] == 0.1
     assert load_checkpoint(tmp_path / BEST).meta["iter_num"] == 0
     assert torch.equal(net.weight, initial)  # the best (untrained) weights are restored
 

@@ -24,9 +24,9 @@ from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import load_meta, open_split
 from minigpt.data.shards import token_dtype
 from minigpt.data.tokenizers import tokenizer_from_meta
-from minigpt.train.classify import ClassifyConfig, load_splits
+from minigpt.train.finetune import ClassifyConfig, load_splits
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 
 
@@ -247,7 +247,7 @@ def test_few_documents_far_from_the_val_fraction_warn(tmp_path):
 
 
 def run_prepare(*args):
-    return subprocess.run([sys.executable, "-m", "minigpt.data", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "minigpt", "data", *args], capture_output=True, text=True, timeout=120,
                           cwd=REPO)
 
 

@@ -15,7 +15,7 @@ from minigpt.infer.predict import classify_texts, pool_windows, predict_logits
 from minigpt.loading import load_classifier
 from minigpt.model.heads import ClassificationHead
 from minigpt.model.model import GPTBackbone, GPTClassifier
-from minigpt.train.classify import ClassifyConfig, finetune
+from minigpt.train.finetune import ClassifyConfig, finetune
 
 CPU = torch.device("cpu")
 
@@ -132,7 +132,7 @@ def test_document_start_puts_the_end_of_text_token_before_every_text_and_window(
 @pytest.mark.parametrize("long_text,truncate_", [("windows", "head"), ("truncate", "head_tail")])
 def test_training_and_prediction_read_long_texts_the_same_way(tmp_path, long_text, truncate_):
     """The test report written at the end of training equals what the saved classifier predicts
-    for those texts through classify_texts (python -m minigpt.classify), under the stored rule."""
+    for those texts through classify_texts (python -m minigpt classify), under the stored rule."""
     rng = random.Random(0)
     rows = []
     for _ in range(200):
@@ -188,7 +188,7 @@ def test_the_training_loss_is_the_cross_entropy_of_what_prediction_reads(tmp_pat
     """The loss the loop minimises is the cross-entropy of the pooled logits that prediction gives."""
     from torch.nn import functional as F
 
-    from minigpt.train.classify import classification_run, load_splits
+    from minigpt.train.finetune import classification_run, load_splits
     from minigpt.train.loop import Distributed
 
     rng = random.Random(2)

@@ -19,7 +19,7 @@ from minigpt.data.corpus import prepare_corpus
 from minigpt.data.loader import Windows, load_meta, open_split, to_device
 from minigpt.train.pretrain import PretrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 CPU = torch.device("cpu")
 

@@ -1,5 +1,5 @@
-"""One command for everything: ``minigpt COMMAND`` = ``python -m minigpt COMMAND`` = the older names
-(``python train.py``, ``python sample.py``, ``python -m minigpt.<command>``)."""
+"""One command for everything: ``minigpt COMMAND`` = ``python -m minigpt COMMAND`` = the top-level
+scripts (``python train.py``, ``python sample.py``) = each command's module run alone."""
 
 import importlib
 import subprocess
@@ -11,11 +11,9 @@ import pytest
 from minigpt.cli import run_cli
 from minigpt.cli.main import COMMANDS, main
 
-REPO = Path(__file__).resolve().parents[1]
-OLD_NAMES = {"train": "python train.py", "sample": "python sample.py", "data": "python -m minigpt.data",
-             "classify": "python -m minigpt.classify", "evaluate": "python -m minigpt.evaluate",
-             "plot": "python -m minigpt.plot", "export": "python -m minigpt.export",
-             "tokenizer": "python -m minigpt.tokenizer"}
+REPO = Path(__file__).resolve().parents[2]
+OLD_NAMES = {"train": "python train.py", "sample": "python sample.py"}  # the top-level scripts, run alone
+OLD_NAMES.update({name: f"minigpt {name}" for name in ("data", "classify", "evaluate", "plot", "export", "tokenizer")})
 
 
 def help_text(capsys, fn, argv) -> str:
@@ -69,3 +67,26 @@ def test_help_names_every_hugging_face_family_read(capsys, name):
         pass
     text = " ".join(capsys.readouterr().out.split())
     assert all(family in text for family in HF_FAMILIES.split(", ")), text[:600]
+
+
+@pytest.mark.parametrize("name,sections", [
+    ("train", ["model:", "run:", "optimisation:", "evaluation, logging, checkpoints:", "system:", "data:", "head:",
+               "long texts:", "what trains:", "selection:"]),
+    ("sample", ["what to read:", "what to generate:", "how to run:", "system:"]),
+    ("data", ["what to read:", "what to write:", "how to run:"]),
+    ("tokenizer", ["what to read:", "what to write:"]),
+    ("classify", ["what to read:", "what to write:", "system:"]),
+    ("evaluate", ["the model:", "the text:", "system:"]),
+    ("export", ["what to read:", "what to write:"]),
+])
+def test_help_groups_the_keys_by_section(capsys, name, sections):
+    """The command line stays flat (--n_layer=6); --help shows the keys under their sections, each key once."""
+    text = help_text(capsys, main, [name, "--help"])
+    headers = [line.strip() for line in text.splitlines() if line.strip().endswith(":") and not line.startswith(" " * 4)]
+    assert all(s in headers for s in sections), headers
+    keys = [line.split("=")[0].strip() for line in text.splitlines() if line.startswith("    --")]
+    assert len(keys) == len(set(keys))  # a key shared by two tasks is listed once
+    if name == "train":  # every key of every task is there, under one section
+        from minigpt.train import TASKS
+        import dataclasses
+        assert {f"--{f.name}" for spec in TASKS.values() for f in dataclasses.fields(spec.schema)} == set(keys)

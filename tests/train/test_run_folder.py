@@ -26,10 +26,10 @@ from minigpt.device import memory_errors
 from minigpt.errors import MiniGPTError
 from minigpt.locks import hold_lock
 from minigpt.train import loop as loop_module
-from minigpt.train.loop import SET_ASIDE, Distributed, OldRun, prepare_out_dir
+from minigpt.train.loop import SET_ASIDE, Distributed, OldRun, prepare_out_dir, run_files
 from minigpt.train.pretrain import PretrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2", "--eval_iters=1",
         "--max_iters=4", "--eval_interval=2", "--warmup_iters=1", "--progress=false", "--plot=false", "--device=cpu"]
 
@@ -102,7 +102,7 @@ def test_a_run_killed_while_its_predecessor_was_set_aside_gets_it_back(old_run, 
     """SIGKILL between setting aside and the first checkpoint: the next start restores the old run
     (and what the killed run wrote before dying goes)."""
     out, before = old_run
-    OldRun(out).set_aside()
+    OldRun(out, run_files()).set_aside()
     (out / "metrics.jsonl").write_text('{"iter": 0}\n')  # the killed run's first line
     cfg = build_config(PretrainConfig, None, train_args(char_data, out, "--resume", "--max_iters=6"))
     prepare_out_dir(cfg, Distributed(enabled=False))

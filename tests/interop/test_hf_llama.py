@@ -17,7 +17,7 @@ from minigpt.interop.hf import from_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
 
 
@@ -199,7 +199,7 @@ def test_sample_py_on_a_llama_folder_matches_hf_greedy(llama_folder):
 def test_fine_tune_and_continue_pretraining_from_a_llama_folder(llama_folder, tmp_path):
     from minigpt.data.corpus import prepare_corpus
     from minigpt.loading import load_classifier
-    from minigpt.train.classify import ClassifyConfig, finetune
+    from minigpt.train.finetune import ClassifyConfig, finetune
     from minigpt.train.pretrain import PretrainConfig, train
 
     rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} play {i},{'pos' if i % 2 else 'neg'}" for i in range(40)]

@@ -1,8 +1,8 @@
 """A domain tokenizer and a leak-free LM corpus (issue 27).
 
-``python -m minigpt.tokenizer`` trains a byte-level BPE whose ids are transformers' ids for the same
+``python -m minigpt tokenizer`` trains a byte-level BPE whose ids are transformers' ids for the same
 folder; data prepared with it pretrains a model that comes back from its checkpoint with the same
-tokenizer; a classifier trains from scratch on it; ``python -m minigpt.data --input ... --texts_of
+tokenizer; a classifier trains from scratch on it; ``python -m minigpt data --input ... --texts_of
 CONFIG`` holds the unlabelled texts and the classification training split, and no val or test text
 (not even one that is also in the unlabelled file, or twice in the labelled one); a tokenizer that
 is not a checkpoint's own is refused where the two meet. Tiny corpora (vocabulary 400), so it all
@@ -36,7 +36,7 @@ from minigpt.data.loader import load_meta, open_split
 from minigpt.data.tokenizers import (EOT_TEXT, GPT2Tokenizer, HFTokenizer, StreamDecoder, same_tokenizer,
                                      tokenizer_from_meta)
 from minigpt.loading import load_classifier
-from minigpt.train.classify import ClassifyConfig, finetune, load_splits, pretraining_texts
+from minigpt.train.finetune import ClassifyConfig, finetune, load_splits, pretraining_texts
 from minigpt.train.pretrain import PretrainConfig, train
 
 WORDS = ["the", "film", "was", "great", "awful", "plot", "actors", "don't", "café", "naïve", "日本", "映画", "😀",

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig, MiniGPTError
 from minigpt.infer.generate import generate
+from minigpt.model.attention import padding_causal_mask
 from minigpt.model.layers import MLP, CausalSelfAttention, RMSNorm, RotaryEmbedding, apply_rope
 
 ATOL = 1e-5
@@ -127,7 +128,7 @@ def test_grouped_query_attention_equals_explicit_repeats_on_both_backends(n_kv_h
     grads = []
     for layer in (manual, sdpa):
         xi = x.clone().requires_grad_(True)
-        y = layer(xi, mask)
+        y = layer(xi, None if mask is None else padding_causal_mask(mask))
         keep = mask.bool() if mask is not None else torch.ones(3, 9, dtype=torch.bool)
         torch.testing.assert_close(y[keep], ref[keep], atol=ATOL, rtol=0)
         layer.zero_grad()

@@ -11,7 +11,7 @@ from minigpt.checkpoint import BEST, load_checkpoint
 from minigpt.data.tokenizers import CharTokenizer
 from minigpt.infer.predict import calibrate_scores, few_shot_prompts, score_label_words
 from minigpt.loading import load_classifier
-from minigpt.train.classify import ClassifyConfig, finetune
+from minigpt.train.finetune import ClassifyConfig, finetune
 from minigpt.train.loop import Distributed, Task, fit
 from minigpt.train.pretrain import PretrainConfig
 
@@ -36,7 +36,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
                       plot=False, device="cpu", warmup_iters=0)
     summary = fit(task, cfg, Distributed(enabled=False), torch.device("cpu"), torch.float32)
     # evaluations at iterations 0, 2, 4, 6, 8, 10, 12: the 7th (0.605) is the third without beating 0.61
-    assert summary["stopped_early"] and summary["iter_num"] == 12 and summary["best_score"] == 0.61
+    assert summary["stopped_early"] and summary["iter_num"] == 12 and summary["best_val_accuracy"] == 0.61
     assert load_checkpoint(tmp_path / BEST).meta["iter_num"] == 6
     assert torch.equal(net.weight, weights_at_eval[3])
 

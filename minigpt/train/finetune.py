@@ -32,14 +32,16 @@ from ..metrics import classification_report, format_report
 from ..model.heads import POOLINGS, ClassificationHead
 from ..model.lora import apply_lora
 from ..model.model import GPT, GPTBackbone, GPTClassifier
-from .config import LoopConfig, ModelFields
+from .config import TASK_HELP, LoopConfig, ModelFields
 from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
 from .optim import optimizer_for
 from .plots import plot_confusion
+from .registry import TaskSpec
 
 STRATEGIES = ("full", "head", "last_n", "lora")  # what trains: everything | the head | the last blocks | LoRA adapters
 BALANCES = ("none", "downsample", "class_weights", "sampler")  # what to do about imbalanced classes
 METRICS = ("accuracy", "macro_f1", "loss")  # the val metric that picks the best checkpoint
+OUTPUTS = ("report.json", "report.txt", "confusion.png")  # what a run writes in out_dir besides the loop's files
 
 
 @dataclass
@@ -48,9 +50,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
     from scratch (``init_from = "scratch"``), otherwise the backbone's own architecture is used
     (with this config's run-time choices, ``RUNTIME_FIELDS``)."""
 
-    task: str = setting("classify", "what to train: pretrain (a next-token LM) or classify (a text classifier)")
-    # data
-    train_file: str = setting("", "CSV/TSV/JSONL with a text and a label column (required)")
+    task: str = setting("classify", TASK_HELP, section="run")
+    train_file: str = setting("", "CSV/TSV/JSONL with a text and a label column (required)", section="data")
     val_file: str = setting("", "validation file; empty: split it off train_file (see split)")
     test_file: str = setting("", "test file; empty: split it off train_file when val_file is empty too")
     format: str = setting("auto", "file format (auto: from the extension)", FORMATS)
@@ -66,7 +67,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
     split_seed: int = setting(123, "seed of the stratified split (and of downsampling)")
     balance: str = setting("none", "downsample: every class to the smallest before splitting; class_weights: in the "
                                    "loss; sampler: classes drawn equally often", BALANCES)
-    max_length: int = setting(0, "tokens per text after truncation (0: block_size)", within=AT_LEAST_0)
+    max_length: int = setting(0, "tokens per text after truncation (0: block_size)", within=AT_LEAST_0,
+                              section="long texts")
     truncate: str = setting("head", "what to keep of a text longer than max_length (head_tail: its first head_tokens "
                                     "tokens and its end)", TRUNCATIONS)
     head_tokens: int = setting(64, "truncate=head_tail: tokens kept from the start (the rest of max_length from the "
@@ -79,28 +81,28 @@ class ClassifyConfig(LoopConfig, ModelFields):
     document_start: bool = setting(False, "start every text (and every window) with the token pretraining put before "
                                           "each document: the tokenizer's BOS, else its end-of-text (a tokenizer "
                                           "with a BOS, Llama's, puts it there anyway)")
-    # model
     init_from: str = setting("scratch", "scratch, a minigpt checkpoint or out_dir (a language model, or a classifier: "
-                             f"its backbone), or a Hugging Face folder ({HF_FAMILIES}; *ForSequenceClassification too)")
+                             f"its backbone), or a Hugging Face folder ({HF_FAMILIES}; *ForSequenceClassification too)",
+                             section="model")
     tokenizer: str = setting("gpt2", "for init_from=scratch: char (vocabulary from the training texts; other characters "
                                      "read as U+FFFD), gpt2, or the path of a tokenizer folder or tokenizer.json (python "
-                                     "-m minigpt.tokenizer trains one); with a pretrained init_from, a path must be its "
+                                     "-m minigpt tokenizer trains one); with a pretrained init_from, a path must be its "
                                      f"tokenizer [{' | '.join(TOKENIZER_KINDS)} | PATH]")
-    pooling: str = setting("last", "which real tokens the head reads", POOLINGS)
+    pooling: str = setting("last", "which real tokens the head reads", POOLINGS, section="head")
     head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)", within=AT_LEAST_0)
     head_dropout: float = setting(0.0, "dropout before the head's output layer", within=UNIT)
     head_bias: bool = setting(True, "a bias in the head's output layer (Hugging Face's score layer has none: a "
                               "Llama/Qwen2 classifier exports only without it; GPT-2's folds it into the final norm)")
     strategy: str = setting("full", "what trains (head: backbone frozen; last_n: last n_last blocks + final norm)",
-                            STRATEGIES)
+                            STRATEGIES, section="what trains")
     n_last: int = setting(1, "blocks trained with strategy=last_n", within=AT_LEAST_1)
     lora_rank: int = setting(8, "LoRA rank r", within=AT_LEAST_1)
     lora_alpha: float = setting(16.0, "LoRA alpha (update scaled by alpha / r)", within=POSITIVE)
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", within=UNIT)
     lora_targets: str = setting("c_attn,attn.c_proj", "comma-separated layer names to wrap with LoRA")
     head_lr_scale: float = setting(1.0, "the head learns at learning_rate x this", within=POSITIVE)
-    # selection
-    epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set", within=AT_LEAST_0)
+    epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set", within=AT_LEAST_0,
+                            section="selection")
     metric: str = setting("accuracy", "val metric for the best checkpoint and early stopping", METRICS)
     patience: int = setting(0, "stop after this many evaluations without a better metric (0: off)", within=AT_LEAST_0)
 
@@ -273,7 +275,7 @@ def finetune(cfg: ClassifyConfig) -> dict:
 
     The summary holds the loop's and ``report`` (the test report, as ``report.json``) and ``report_text``.
     """
-    with run_folder(cfg, Distributed.from_env()):
+    with run_folder(cfg, Distributed.from_env(), OUTPUTS):
         with distributed(cfg.device) as (ddp, device):
             dtype = resolve_dtype(device, cfg.dtype)
             seed_everything(cfg.seed)
@@ -287,7 +289,8 @@ def finetune(cfg: ClassifyConfig) -> dict:
         model.eval()
         with autocast(device, dtype), memory_errors(f"evaluating the {split} split"):
             report = evaluate_split(model, final, names, device)
-        report.update(split=split, n=len(final), **{k: summary[k] for k in ("best_iter", "best_score", "score_name")})
+        report.update(split=split, n=len(final), best_iter=summary["best_iter"],
+                      best_score=summary[f"best_{summary['score_name']}"], score_name=summary["score_name"])
         summary.update(test_accuracy=report["accuracy"], report=report,
                        **write_reports(Path(cfg.out_dir), report, names, cfg))
     return summary
@@ -360,7 +363,8 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
         loss=lambda m, b: F.cross_entropy(text_logits(m, b, cfg.window_pool).float(), b[2], weight=weights),
         evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
-        units_per_step=cfg.batch_size * micros, unit="ex", patience=cfg.patience or None, restore_best=True,
+        units_per_step=cfg.batch_size * micros, unit="ex", units="examples", curves=("val_accuracy",), outputs=OUTPUTS,
+        patience=cfg.patience or None, restore_best=True,
         banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", *LONG_TEXT_KEYS,
                                        "text_columns", "text_separator", "lora"),
     )
@@ -376,3 +380,18 @@ def write_reports(out_dir: Path, report: dict, names: list[str], cfg: ClassifyCo
     if cfg.plot:
         png = plot_confusion(report["confusion_matrix"], names, out_dir / "confusion.png", title=f"{report['split']} set")
     return {"report_text": text, "confusion_png": png}
+
+
+def report(summary: dict) -> str:
+    """What ``minigpt train`` ends a fine-tuning run with: the test report and where its plots are
+    (an evaluation's log line says it all)."""
+    lines = []
+    if "report_text" in summary:
+        lines.append(f"\n{summary['report_text']}")
+        if summary.get("confusion_png"):
+            lines.append(f"confusion matrix: {summary['confusion_png']}")
+    return "\n".join(lines)
+
+
+CLASSIFY = TaskSpec("classify", "a text classifier from a CSV/TSV/JSONL file, on a pretrained backbone or from scratch",
+                    ClassifyConfig, finetune, OUTPUTS, report)

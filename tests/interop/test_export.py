@@ -24,7 +24,7 @@ from minigpt.model.model import GPT, GPTClassifier
 
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["hello there", "a much longer text that goes on and on for quite a while, padding the others", "x",
          "free entry to win a prize now"]
 LABELS3 = ["neg", "neu", "pos"]
@@ -309,7 +309,7 @@ def test_sms_classifier_predicts_the_same_in_every_client(tmp_path):
     minigpt, transformers' pipeline, peft and onnxruntime are identical."""
     peft, ort = pytest.importorskip("peft"), pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from minigpt.train.classify import ClassifyConfig, finetune, load_splits
+    from minigpt.train.finetune import ClassifyConfig, finetune, load_splits
 
     sms = REPO / "data" / "sms_spam" / "SMSSpamCollection"
     cfg = ClassifyConfig(task="classify", train_file=str(sms), format="tsv", header=False, text_column="1",

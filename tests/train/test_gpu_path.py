@@ -31,7 +31,7 @@ from minigpt.train.config import LoopConfig
 from minigpt.train.loop import Distributed, Run, Task
 from minigpt.train.pretrain import PretrainConfig, pretrain_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_auto_dtype_falls_back_to_fp16_where_bf16_is_emulated(monkeypatch):

@@ -11,7 +11,7 @@ from minigpt.data.labelled import EncodedTexts, LabelledText, class_weights, lab
 from minigpt.data.padding import LongText, pad, truncate
 from minigpt.data.tokenizers import CharTokenizer
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 

@@ -7,9 +7,15 @@ import torch
 import torch.nn as nn
 
 from minigpt import GPT, GPTConfig
+from minigpt.model.attention import padding_causal_mask
 from minigpt.model.layers import CausalSelfAttention
 
 ATOL = 1e-5
+
+
+def block_mask(mask):
+    """A (B, S) padding mask as the (B, 1, T, S) mask a layer reads (the backbone builds it so once)."""
+    return None if mask is None else padding_causal_mask(mask)
 
 
 def make_pair(n_embd: int, n_head: int, block_size: int, seed: int = 0, dtype=torch.float32):
@@ -38,7 +44,7 @@ def padding_mask(lengths, T, side):
 def outputs_and_grads(layer, x, mask, upstream):
     x = x.clone().requires_grad_(True)
     layer.zero_grad()
-    y = layer(x, mask)
+    y = layer(x, block_mask(mask))
     (y * upstream).sum().backward()
     return y.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
@@ -83,7 +89,7 @@ def test_all_padding_rows_are_finite(backend):
     mask = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1],   # left padding: queries 0-4 see only padding keys
                          [1, 1, 0, 0, 0, 0, 0, 0],   # right padding
                          [0, 0, 0, 0, 0, 0, 0, 0]])  # nothing real at all
-    y = layer(x, mask)
+    y = layer(x, block_mask(mask))
     y.sum().backward()
     assert torch.isfinite(y).all()
     assert torch.isfinite(x.grad).all()
@@ -95,7 +101,7 @@ def test_padding_does_not_change_real_positions():
     x = torch.randn(1, 6, 16)
     for layer in (manual, sdpa):
         alone = layer(x)
-        right = layer(torch.cat([x, torch.randn(1, 3, 16)], 1), torch.tensor([[1] * 6 + [0] * 3]))
+        right = layer(torch.cat([x, torch.randn(1, 3, 16)], 1), block_mask(torch.tensor([[1] * 6 + [0] * 3])))
         torch.testing.assert_close(right[:, :6], alone, atol=ATOL, rtol=0)
 
 
@@ -118,7 +124,7 @@ def test_attention_matches_torch_mha(backend, key_padding):
     mask = padding_mask(lengths, T, "right") if key_padding else None
     ref, _ = mha(x, x, x, attn_mask=not_allowed, need_weights=False,
                  key_padding_mask=None if mask is None else mask == 0)
-    ours = layer(x, mask)
+    ours = layer(x, block_mask(mask))
     for b, n in enumerate(lengths if key_padding else [T] * B):
         torch.testing.assert_close(ours[b, :n], ref[b, :n], atol=ATOL, rtol=0)
 
@@ -155,7 +161,7 @@ def test_attention_matches_naive_loop(backend):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), naive_attention(layer, x), atol=1e-10, rtol=0)
         mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
-        ours, ref = layer(x, mask), naive_attention(layer, x, mask)
+        ours, ref = layer(x, block_mask(mask)), naive_attention(layer, x, mask)
         torch.testing.assert_close(ours[0, :5], ref[0, :5], atol=1e-10, rtol=0)
         torch.testing.assert_close(ours[1], ref[1], atol=1e-10, rtol=0)
 
@@ -167,7 +173,7 @@ def test_attention_gradcheck(backend, with_mask):
     layer = manual if backend == "manual" else sdpa
     x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 0, 0]]) if with_mask else None
-    assert torch.autograd.gradcheck(lambda inp: layer(inp, mask), (x,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda inp: layer(inp, block_mask(mask)), (x,), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["manual", "sdpa"])

@@ -35,7 +35,7 @@ from minigpt.cli import tokenizer as tokenizer_cli
 from minigpt.cli import train as train_cli
 from minigpt.data.corpus import prepare_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20_000]
 TOOLS = {"train": train_cli.main, "sample": sample_cli.main, "data": data_cli.main, "classify": classify_cli.main,
          "evaluate": evaluate_cli.main, "plot": plot_cli.main, "tokenizer": tokenizer_cli.main}
@@ -447,7 +447,7 @@ CASES = [
     ("hf-config-not-json", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, weights=lambda f: (f / "config.json").write_text("{,")))], "config.json is not valid JSON"),
     ("hf-model-type", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(model_type="bert")))], "config model_type 'bert' is not supported"),
     ("hf-bad-shape-in-config", "sample", lambda ws, t: ["--ckpt", str(hf_variant(ws, t, lambda c: c.update(n_head=3)))], "n_embd (8) must be divisible by GPTConfig.n_head (3)"),
-    # --- python -m minigpt.data
+    # --- python -m minigpt data
     ("data-input-missing", "data", lambda ws, t: ["--input", str(t / "nope.txt"), "--out", str(t / "o")], "input not found: "),
     ("data-empty", "data", lambda ws, t: ["--input", str(ws / "empty.txt"), "--out", str(t / "o")], "the corpus is empty"),
     ("data-not-utf8", "data", lambda ws, t: ["--input", str(ws / "latin1.txt"), "--out", str(t / "o")], "latin1.txt:1: not UTF-8 text"),
@@ -468,7 +468,7 @@ CASES = [
     ("data-shard-tokens", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--shard_tokens", "lots"], "expected a number of tokens like 100M, got 'lots'"),
     ("data-workers-0", "data", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(t / "o"), "--workers", "0"], "--workers must be at least 1"),
     ("data-no-out", "data", lambda ws, t: ["--input", str(ws / "input.txt")], "the following arguments are required: --out"),
-    # --- python -m minigpt.tokenizer
+    # --- python -m minigpt tokenizer
     ("tokenizer-empty-corpus", "tokenizer", lambda ws, t: ["--input", str(ws / "empty.txt"), "--out", str(t / "tok")], "empty.txt: the corpus is empty"),
     ("tokenizer-vocab-too-small", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--vocab_size", "257", "--out", str(t / "tok")], "vocab_size must be at least 258 (the 256 bytes and 2 special tokens"),
     ("tokenizer-out-exists", "tokenizer", lambda ws, t: ["--input", str(ws / "input.txt"), "--out", str(copy(ws, "char", t))], "already exists; choose another path or pass --overwrite"),
@@ -477,7 +477,7 @@ CASES = [
     ("tokenizer-no-input", "tokenizer", lambda ws, t: ["--out", str(t / "tok")], "give --input PATH ..., --texts_of CONFIG, or both"),
     ("tokenizer-jsonl-bad-line", "tokenizer", lambda ws, t: ["--input", str(write(t / "w.jsonl", '{"text": "a"}' + chr(10) + "{oops" + chr(10))), "--out", str(t / "tok")], "w.jsonl:2: not valid JSON"),
     ("tokenizer-texts-of-pretraining", "tokenizer", lambda ws, t: ["--texts_of", str(ws / "lm.toml"), "--out", str(t / "tok")], "lm.toml: not a classification config"),
-    # --- python -m minigpt.classify
+    # --- python -m minigpt classify
     ("classify-language-model", "classify", lambda ws, t: ["--ckpt", str(ws / "lm"), "good"], "is a language-model checkpoint, not a classifier"),
     ("classify-hf-folder", "classify", lambda ws, t: ["--ckpt", str(ws / "hf"), "good"], "is a Hugging Face language model, not a classifier"),
     ("classify-empty-text", "classify", lambda ws, t: ["--ckpt", str(ws / "clf"), "good", ""], "input: text 2 encodes to no tokens"),
@@ -487,7 +487,7 @@ CASES = [
     ("classify-out-under-file", "classify", lambda ws, t: ["--ckpt", str(ws / "clf"), "good", "--out", str(write(t / "f", "x") / "p.csv")], "its folder cannot be written to"),
     ("classify-ckpt-missing", "classify", lambda ws, t: ["--ckpt", str(t / "nope"), "good"], "checkpoint not found: "),
     ("classify-no-ckpt", "classify", lambda ws, t: ["good"], "the following arguments are required: --ckpt"),
-    # --- python -m minigpt.evaluate
+    # --- python -m minigpt evaluate
     ("evaluate-input-missing", "evaluate", lambda ws, t: ["--ckpt", str(ws / "lm"), "--input", str(t / "x.txt")], "input not found: "),
     ("evaluate-input-latin1", "evaluate", lambda ws, t: ["--ckpt", str(ws / "lm"), "--input", str(ws / "latin1.txt")], "latin1.txt:1: not UTF-8 text"),
     ("evaluate-data-other-tokenizer", "evaluate", lambda ws, t: ["--ckpt", str(ws / "hf"), "--data", str(ws / "char")], "was prepared with a char tokenizer that differs from the model's (gpt2)"),
@@ -497,7 +497,7 @@ CASES = [
     ("evaluate-classifier", "evaluate", lambda ws, t: ["--ckpt", str(ws / "clf"), "--input", str(ws / "input.txt")], "is a classifier checkpoint"),
     ("evaluate-one-token", "evaluate", lambda ws, t: ["--ckpt", str(ws / "lm"), "--input", str(write(t / "a.txt", "a"))], "need at least two tokens"),
     ("evaluate-unknown-char", "evaluate", lambda ws, t: ["--ckpt", str(ws / "lm"), "--input", str(write(t / "a.txt", "a€b"))], "character '€' (U+20AC)"),
-    # --- python -m minigpt.plot
+    # --- python -m minigpt plot
     ("plot-no-metrics", "plot", lambda ws, t: [str(t)], "metrics.jsonl not found"),
     ("plot-bad-line", "plot", lambda ws, t: [str(write(t / "metrics.jsonl", '{"iter": 1}\n{oops\n').parent)], "metrics.jsonl:2: not a JSON line"),
     # --- second sweep (issue 23): training runs, run folders, reading prepared data
@@ -515,7 +515,7 @@ CASES = [
     ("meta-shard-tokens-text", "train", lambda ws, t: broken_data(ws, t, lambda d: meta_shard(d, tokens="many")), "splits.train.shards[0] must be an object with a 'file' name and a whole number of 'tokens'"),
     ("meta-not-an-object", "train", lambda ws, t: broken_data(ws, t, lambda d: (d / "meta.json").write_text("[1]")), "meta.json: not a JSON object"),
     ("shard-edited-verify", "train", lambda ws, t: [*broken_data(ws, t, lambda d: swap_tokens(d / "train_000000.bin")), "--verify_data"], "train_000000.bin: its sha256 differs from the one meta.json lists"),
-    # --- second sweep (issue 23): corpus preparation (python -m minigpt.data)
+    # --- second sweep (issue 23): corpus preparation (python -m minigpt data)
     ("data-gzip-damaged", "data", lambda ws, t: ["--input", str(damaged_gzip(t)), "--out", str(t / "o")], "d.jsonl.gz: not a readable gzip file ("),
     ("data-parquet-damaged-page", "data", lambda ws, t: ["--input", str(damaged_parquet(t)), "--out", str(t / "o")], "d.parquet: row group 2: not a readable parquet file (Corrupt snappy"),
     ("data-val-tokens-empty", "data", lambda ws, t: ["--input", str(ws / "empty.txt"), "--out", str(t / "o"), "--val_tokens", "10"], "empty.txt: the corpus is empty"),
