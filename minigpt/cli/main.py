@@ -1,7 +1,7 @@
 """``minigpt COMMAND ...`` (or ``python -m minigpt COMMAND ...``): one entry for every command line.
 
-``train.py``, ``sample.py`` and the ``python -m minigpt.<command>`` names run the same commands; a
-command is looked up here and its module imported only when it runs.
+``train.py`` and ``sample.py`` run the same commands; a command is looked up here and its module
+imported only when it runs.
 """
 
 from __future__ import annotations

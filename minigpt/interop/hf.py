@@ -413,6 +413,7 @@ class Family:
     minigpt's written as its. One entry of ``FAMILIES`` per ``model_type``."""
 
     name: str  # for help texts
+    classifier: str  # its *ForSequenceClassification class (interop/hf_classifier.py writes that folder)
     config_in: Callable[[dict, str], dict]  # (config.json, source) -> GPTConfig fields
     weights_in: Callable[[dict, GPTConfig, str], dict]  # (its state dict, the config, source) -> minigpt's state dict
     config_out: Callable[[GPTConfig], dict]  # -> config.json (for a config ``hf_architecture`` assigns it)
@@ -420,9 +421,11 @@ class Family:
 
 
 FAMILIES = {
-    "gpt2": Family("GPT-2", _gpt2_config, _gpt2_in, _gpt2_hf_config, _gpt2_out),
-    "llama": Family("Llama", _llama_config, _llama_in, lambda config: _llama_hf_config(config, "llama"), _llama_out),
-    "qwen2": Family("Qwen2", _llama_config, _llama_in, lambda config: _llama_hf_config(config, "qwen2"), _llama_out),
+    "gpt2": Family("GPT-2", "GPT2ForSequenceClassification", _gpt2_config, _gpt2_in, _gpt2_hf_config, _gpt2_out),
+    "llama": Family("Llama", "LlamaForSequenceClassification", _llama_config, _llama_in,
+                    lambda config: _llama_hf_config(config, "llama"), _llama_out),
+    "qwen2": Family("Qwen2", "Qwen2ForSequenceClassification", _llama_config, _llama_in,
+                    lambda config: _llama_hf_config(config, "qwen2"), _llama_out),
 }
 HF_FAMILIES = ", ".join(f.name for f in FAMILIES.values())  # the families read and written, for help texts
 

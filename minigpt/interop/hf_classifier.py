@@ -26,11 +26,9 @@ from ..model.config import GPTConfig
 from ..model.heads import ClassificationHead
 from ..model.lora import plain_state_dict
 from ..model.model import GPT, GPTClassifier
-from .hf import (_field, from_hf_state_dict, hf_architecture, hf_model_type, read_hf_config, to_hf_config,
+from .hf import (FAMILIES, _field, from_hf_state_dict, hf_architecture, hf_model_type, read_hf_config, to_hf_config,
                  to_hf_state_dict)
 
-SEQ_CLS = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
-           "qwen2": "Qwen2ForSequenceClassification"}
 TRUNCATION_SIDE = {"head": "right", "tail": "left", "head_tail": "right"}  # padding.TRUNCATIONS: the side transformers
 # cuts (it cannot keep a head and a tail, nor read windows: export warns, and the config keeps the rule for minigpt)
 
@@ -132,7 +130,7 @@ def save_hf_classifier(classifier: GPTClassifier, tok: Tokenizer, meta: dict, fo
     rule = LongText.from_meta(meta)
     hf_config = to_hf_config(config)
     hf_config.update(
-        architectures=[SEQ_CLS[kind]], id2label={str(i): n for i, n in enumerate(names)},
+        architectures=[FAMILIES[kind].classifier], id2label={str(i): n for i, n in enumerate(names)},
         label2id={n: i for i, n in enumerate(names)}, num_labels=len(names), pad_token_id=pad_id,
         problem_type="single_label_classification",
         minigpt=rule.to_meta(),  # what transformers has no key for

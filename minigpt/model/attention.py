@@ -69,7 +69,9 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout_p: float) -> torch.Tensor:
     """``F.scaled_dot_product_attention``: a fused kernel (flash or memory-efficient attention on the GPU)."""
-    T, n_rep = q.size(2), q.size(1) // k.size(1)
+    T, S, n_rep = q.size(2), k.size(2), q.size(1) // k.size(1)
+    if mask is None and 1 < T < S:  # its is_causal aligns the queries with the first keys, not the last
+        mask = causal_mask(T, S, q.device)  # (T, S)
     if n_rep > 1 and not SDPA_GQA:
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     gqa = {"enable_gqa": True} if n_rep > 1 and SDPA_GQA else {}

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..errors import MiniGPTError
 from .attention import ATTENTION_BACKENDS
 from .cache import KVCache
 from .config import GPTConfig
@@ -160,6 +161,9 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)  # (B, Hkv, S, D), S = past + T (every slot if static)
+        if mask is not None and mask.dim() != 4:
+            raise MiniGPTError(f"attention takes a (B, 1, T, S) mask (GPTBackbone.block_mask builds it from a (B, S) "
+                               f"padding mask); got shape {tuple(mask.shape)}")
         kernel = ATTENTION_BACKENDS[self.backend]
         y = kernel(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, H·D)

@@ -275,7 +275,7 @@ def finetune(cfg: ClassifyConfig) -> dict:
 
     The summary holds the loop's and ``report`` (the test report, as ``report.json``) and ``report_text``.
     """
-    with run_folder(cfg, Distributed.from_env(), OUTPUTS):
+    with run_folder(cfg, Distributed.from_env()):
         with distributed(cfg.device) as (ddp, device):
             dtype = resolve_dtype(device, cfg.dtype)
             seed_everything(cfg.seed)
@@ -363,7 +363,7 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
         loss=lambda m, b: F.cross_entropy(text_logits(m, b, cfg.window_pool).float(), b[2], weight=weights),
         evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,
-        units_per_step=cfg.batch_size * micros, unit="ex", units="examples", curves=("val_accuracy",), outputs=OUTPUTS,
+        units_per_step=cfg.batch_size * micros, unit="ex", units="examples", curves=("val_accuracy",),
         patience=cfg.patience or None, restore_best=True,
         banner=banner, same_on_resume=("labels", "head.pooling", "head.hidden", *LONG_TEXT_KEYS,
                                        "text_columns", "text_separator", "lora"),
@@ -393,5 +393,6 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-CLASSIFY = TaskSpec("classify", "a text classifier from a CSV/TSV/JSONL file, on a pretrained backbone or from scratch",
+CLASSIFY = TaskSpec("classify", "a text classifier from a CSV/TSV/JSONL file, on a pretrained backbone or from scratch "
+                              "(the model keys apply to init_from = \"scratch\")",
                     ClassifyConfig, finetune, OUTPUTS, report)

@@ -43,6 +43,7 @@ from ..model.config import GPTConfig
 from ..perf import datasheet_peak, measure_matmul_peak
 from .config import LoopConfig
 from .plots import plot_losses
+from .registry import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ log = logging.getLogger(__name__)
 LOOP_FILES = (LAST, BEST, "metrics.jsonl", "loss.png")  # what the loop writes in out_dir; a task adds its outputs
 
 
-def run_files(outputs: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The files a run of a task with these ``outputs`` writes: what --overwrite replaces and --resume needs."""
-    return LOOP_FILES + tuple(outputs)
+def run_files() -> tuple[str, ...]:
+    """The files a run leaves in out_dir: the loop's and those any registered task declares (a folder
+    that held a classifier and is overwritten by pretraining keeps no stale report). They decide
+    whether a folder holds a run, and what --overwrite sets aside."""
+    declared = [name for spec in TASKS.values() for name in spec.outputs]
+    return LOOP_FILES + tuple(dict.fromkeys(n for n in declared if n not in LOOP_FILES))
 
 
 class NonFiniteLoss(MiniGPTError):
@@ -202,7 +206,6 @@ class Task:
     unit: str = "tok"  # their short name, for rates: tok/s
     units: str = "tokens"  # their name in metrics.jsonl and on loss.png's top axis
     curves: tuple[str, ...] = ()  # evaluation metrics loss.png draws beside the loss, on their own axis
-    outputs: tuple[str, ...] = ()  # files the task writes in out_dir besides the loop's (LOOP_FILES)
     flops_per_step: float | None = None  # for MFU; None hides it
     patience: int | None = None  # stop after this many evaluations without a better score
     restore_best: bool = False  # end with the weights of the best evaluation (from ckpt_best)
@@ -248,16 +251,15 @@ class OldRun:
         return names
 
 
-def prepare_out_dir(cfg: LoopConfig, ddp: Distributed, outputs: tuple[str, ...] = ()) -> Path:
+def prepare_out_dir(cfg: LoopConfig, ddp: Distributed) -> Path:
     """Check out_dir before a run reads or writes anything, so no run is lost to a forgotten flag.
 
     A folder that holds a run is continued (``resume``) or replaced (``overwrite``: by ``fit``, once
     everything the new run needs has been read), never silently written over; ``resume`` and
     ``eval_only`` need its ckpt_last. An old run that a killed ``--overwrite`` had set aside is put
     back, and temporary files that a killed run left behind are removed. The caller holds the lock.
-    ``outputs``: the task's files besides the loop's.
     """
-    out, files = Path(cfg.out_dir), run_files(outputs)
+    out, files = Path(cfg.out_dir), run_files()
     if ddp.master and not cfg.eval_only:
         output_dir(out)
         restored = OldRun(out, files).restore()
@@ -276,16 +278,16 @@ def prepare_out_dir(cfg: LoopConfig, ddp: Distributed, outputs: tuple[str, ...] 
 
 
 @contextmanager
-def run_folder(cfg: LoopConfig, ddp: Distributed, outputs: tuple[str, ...] = ()) -> Iterator[Path]:
+def run_folder(cfg: LoopConfig, ddp: Distributed) -> Iterator[Path]:
     """out_dir, checked (``prepare_out_dir``) and locked against a second run for as long as this one
     lasts (rank 0 holds the lock; an evaluation only reads, and takes none)."""
     if not ddp.master or cfg.eval_only:
-        yield prepare_out_dir(cfg, ddp, outputs)
+        yield prepare_out_dir(cfg, ddp)
         return
     created = not Path(cfg.out_dir).exists()
     try:
         with hold_lock(output_dir(cfg.out_dir), "training run"):
-            yield prepare_out_dir(cfg, ddp, outputs)
+            yield prepare_out_dir(cfg, ddp)
     except BaseException:
         out = Path(cfg.out_dir)
         if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]:
@@ -353,7 +355,7 @@ class Run:
         self.last_metrics: dict[str, float] = {}
         self.peak = float("nan")
         self.bar: tqdm | None = None
-        self.old_run = OldRun(self.out_dir, run_files(task.outputs))  # set aside by --overwrite until the first checkpoint
+        self.old_run = OldRun(self.out_dir, run_files())  # set aside by --overwrite until the first checkpoint
         self._window_start = (0, time.perf_counter())  # (iteration, time) the throughput is measured from
         self._warm = False  # the process's first step (compilation, allocation) is behind it
 

@@ -43,14 +43,21 @@ def _pyplot(what: str):
     return plt
 
 
-def declared_plot(out_dir: str | Path) -> tuple[str | None, tuple[str, ...]]:
+def declared_plot(out_dir: str | Path, records: list[dict]) -> tuple[str | None, tuple[str, ...]]:
     """What the task of the run in ``out_dir`` declared for its plot, as its last checkpoint keeps it:
-    (the units counted in metrics.jsonl, the metrics drawn beside the loss); (None, ()) when unknown."""
+    (the units counted in metrics.jsonl, the metrics drawn beside the loss). A run from before tasks
+    declared them (2026-12-03), or one whose checkpoint cannot be read, is read as those runs wrote
+    their records: tokens or examples, and a classifier's val accuracy."""
     last = Path(out_dir) / LAST
-    if not last.is_file():
-        return None, ()
-    declared = read_safetensors_metadata(last, "minigpt").get("plot") or {}
-    return declared.get("units"), tuple(declared.get("curves", ()))
+    try:
+        declared = read_safetensors_metadata(last, "minigpt").get("plot") if last.is_file() else None
+    except MiniGPTError:  # the plot needs only metrics.jsonl
+        declared = None
+    if declared:
+        return declared.get("units"), tuple(declared.get("curves", ()))
+    keys = {key for record in records for key in record}
+    units = next((u for u in ("tokens", "examples") if u in keys), None)
+    return units, ("val_accuracy",) if "val_accuracy" in keys else ()
 
 
 def plot_losses(out_dir: str | Path, units: str | None = None, curves: tuple[str, ...] | None = None) -> Path | None:
@@ -64,9 +71,9 @@ def plot_losses(out_dir: str | Path, units: str | None = None, curves: tuple[str
     plt = _pyplot("loss.png")
     if plt is None:
         return None
-    if units is None and curves is None:
-        units, curves = declared_plot(out_dir)
     records = read_metrics(out_dir)
+    if units is None and curves is None:
+        units, curves = declared_plot(out_dir, records)
     # a resumed run appends; keep the last record for each (kind, iteration)
     train = {r["iter"]: r for r in records if "train_loss" in r}
     val = {r["iter"]: r for r in records if "val_loss" in r}

@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 
 from minigpt import GPT, GPTConfig
+from minigpt.errors import MiniGPTError
 from minigpt.model.attention import padding_causal_mask
+from minigpt.model.cache import KVCache
 from minigpt.model.layers import CausalSelfAttention
 
 ATOL = 1e-5
@@ -202,3 +204,24 @@ def test_attention_dropout_is_active_in_training_only():
         assert not torch.allclose(layer(x), layer(x))
         layer.eval()
         torch.testing.assert_close(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("backend", ["manual", "sdpa"])
+def test_a_chunk_after_cached_keys_sees_them_causally_without_a_mask(backend):
+    """The layer alone, mask None (plain causal, queries last among the keys): a prefill of 5 tokens,
+    then a chunk of 7 against the cache, equals one pass over all 12 (sdpa's own is_causal would
+    align the chunk with the first keys instead)."""
+    manual, sdpa = make_pair(16, 4, 16, seed=7)
+    layer = manual if backend == "manual" else sdpa
+    x = torch.randn(2, 12, 16)
+    cache = KVCache(1, 2, 4, 16, 4)  # one layer, B 2, Hkv 4, 16 slots, D 4
+    first = layer(x[:, :5], kv_cache=cache)
+    cache.advance(5)
+    rest = layer(x[:, 5:], kv_cache=cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), layer(x), atol=ATOL, rtol=0)
+
+
+def test_a_padding_mask_handed_to_the_layer_is_an_error_not_a_broadcast():
+    manual, _ = make_pair(16, 2, 8)
+    with pytest.raises(MiniGPTError, match=r"\(B, 1, T, S\) mask"):
+        manual(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.long))

@@ -21,6 +21,7 @@ from minigpt.model.attention import ATTENTION_BACKENDS, manual_attention, regist
 from minigpt.train import TASKS, TaskSpec, register_task
 from minigpt.train.config import TASK_HELP, LoopConfig
 from minigpt.train.loop import Distributed, Task, fit, run_folder
+from minigpt.train.plots import declared_plot
 
 
 # ----------------------------------------------------------------------------- a third task
@@ -36,7 +37,7 @@ class MeanConfig(LoopConfig):
 
 def train_mean(cfg: MeanConfig) -> dict:
     target = torch.tensor([float(x) for x in cfg.numbers.split(",")])
-    with run_folder(cfg, Distributed.from_env(), ("answer.json",)):
+    with run_folder(cfg, Distributed.from_env()):
         weight = torch.nn.Linear(1, 1, bias=False)
         task = Task(model=weight, optimizer=torch.optim.SGD(weight.parameters(), lr=cfg.learning_rate),
                     batch=lambda it, micro: target,
@@ -44,7 +45,7 @@ def train_mean(cfg: MeanConfig) -> dict:
                     evaluate=lambda m: {"val_loss": ((m.weight[0, 0] - target) ** 2).mean().item(),
                                         "val_gap": abs(m.weight[0, 0].item() - target.mean().item())},
                     score="val_gap", higher_is_better=False, meta={}, units_per_step=len(target), unit="num",
-                    units="numbers", curves=("val_gap",), outputs=("answer.json",))
+                    units="numbers", curves=("val_gap",))
         summary = fit(task, cfg, Distributed.from_env(), torch.device("cpu"), torch.float32)
         summary["answer"] = weight.weight.item()
         (Path(cfg.out_dir) / "answer.json").write_text(json.dumps({"mean": summary["answer"]}))
@@ -74,6 +75,7 @@ def test_a_task_registered_in_a_test_trains_through_minigpt_train(tmp_path, mean
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / LAST).is_file()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["numbers"] == 60 * 3 and "num_per_s" in records[-2] and "val_gap" in records[-1]
+    assert declared_plot(tmp_path / "run", records) == ("numbers", ("val_gap",))  # what `minigpt plot` draws
 
     # its declared output is part of the run: a second run neither overwrites it silently nor forgets it
     assert run_cli(minigpt, ["train", str(config)]) == 2
@@ -88,6 +90,15 @@ def test_a_task_registered_in_a_test_trains_through_minigpt_train(tmp_path, mean
     assert 'task = "mean": the mean of some numbers' in text and "toy data:" in text and "--numbers='1,2,6'" in text
     assert run_cli(minigpt, ["train", str(config), "--numbrs=3"]) == 2
     assert "unknown key 'numbrs'" in capsys.readouterr().err
+
+
+def test_a_run_from_before_tasks_declared_their_plot_is_drawn_as_before(tmp_path):
+    """No "plot" in the checkpoint (or no readable checkpoint): units and curves as such runs wrote them."""
+    records = [{"iter": 0, "examples": 0, "val_loss": 0.7, "val_accuracy": 0.5},
+               {"iter": 10, "examples": 160, "train_loss": 0.6, "lr": 1e-3}]
+    (tmp_path / LAST).write_bytes(b"not a safetensors file")
+    assert declared_plot(tmp_path, records) == ("examples", ("val_accuracy",))
+    assert declared_plot(tmp_path, [{"iter": 5, "tokens": 640, "train_loss": 3.0}]) == ("tokens", ())
 
 
 def test_an_unregistered_task_is_a_one_line_error(tmp_path, capsys):

@@ -225,3 +225,17 @@ def test_a_failed_allocation_is_one_error_naming_what_was_sized():
     with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else passes through
         with memory_errors("training"):
             raise RuntimeError("shape mismatch")
+
+
+def test_pretraining_counts_and_replaces_the_files_a_classifier_run_left(char_data, tmp_path, capsys):
+    """A folder that held a classification run (its report only, say) holds a run for pretraining too,
+    and --overwrite sets the report aside with the rest: no stale report.json beside the new LM."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    assert "report.json" in run_files()
+    with pytest.raises(MiniGPTError, match=r"already holds a run \(report.json\)"):
+        prepare_out_dir(PretrainConfig(out_dir=str(out)), Distributed(False))
+    code, err = cli(capsys, train_args(char_data, out, "--overwrite"))
+    assert code == 0, err
+    assert not (out / "report.json").exists() and (out / "ckpt_last.safetensors").is_file()
