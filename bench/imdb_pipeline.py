@@ -2,7 +2,7 @@
 classifier, the bag-of-words baselines and a report, each stage timed and resumable.
 
     python bench/imdb_pipeline.py                  # about 2 hours on 2 CPU cores, into out-imdb/
-    python bench/imdb_pipeline.py --ablations      # then the ablation rows (each a classifier or an LM more)
+    python bench/imdb_pipeline.py --ablations      # then the ablation rows and a longer-budget point
     make imdb                                      # the first line
 
 Reads ../shared/data/imdb/{train,unsup}.jsonl (--data). The classifier's train/val/test split is carved
@@ -158,6 +158,11 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         stages.append(classifier_variant("clf-scratch", "no pretraining (the same network from random weights)",
                                          {"init_from": "scratch", "tokenizer": str(work / "tokenizer"), **shape,
                                           **{k: v for k, v in lm_changes.items() if k in shape}}))
+        clf_now = tomllib.loads(clf.read_text(encoding="utf-8"))  # a longer budget: one epoch more, warm-started
+        stages.append(classifier_variant("clf-epoch2", "a second epoch, from the classifier above (its head kept), at "
+                                         "half its learning rates",
+                                         {"init_from": str(work / "classifier"),
+                                          "learning_rate": clf_now["learning_rate"] / 2, "min_lr": clf_now["min_lr"] / 2}))
         gpt2_lm = write_config(work / "configs" / "lm-gpt2.toml", tomllib.loads(lm.read_text(encoding="utf-8")),
                                {"data_dir": str(work / "lm-data-gpt2"), "out_dir": str(work / "lm-gpt2")},
                                "the LM on GPT-2's BPE instead of the domain tokenizer")
@@ -265,7 +270,7 @@ def main() -> None:
                    help="folder with train.jsonl and unsup.jsonl (default ../shared/data/imdb)")
     p.add_argument("--work", default="out-imdb", help="folder for every output (default out-imdb)")
     p.add_argument("--ablations", action="store_true", help="also the ablation stages (long-text rules, no "
-                   "pretraining, GPT-2 BPE)")
+                   "pretraining, GPT-2 BPE) and a longer-budget point (a second classifier epoch)")
     p.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
     for name in ("tokenizer", "corpus", "lm", "classifier"):
         p.add_argument(f"--{name}", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

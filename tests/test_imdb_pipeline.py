@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from minigpt.checkpoint import load_checkpoint
+from minigpt.config_schema import read_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "bench" / "imdb_pipeline.py"
@@ -118,10 +119,14 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     assert listed.returncode == 0, listed.stderr
     names = [line.split(":")[0] for line in listed.stdout.splitlines() if line and not line.startswith(" ")]
     assert names == ["tokenizer", "corpus", "lm", "classifier", "tfidf", "nbsvm", "clf-head", "clf-head_tail",
-                     "clf-scratch", "corpus-gpt2", "lm-gpt2", "clf-gpt2"]
+                     "clf-scratch", "clf-epoch2", "corpus-gpt2", "lm-gpt2", "clf-gpt2"]
     configs = tmp_path / "work" / "configs"
     assert 'long_text = "truncate"' in (configs / "clf-head_tail.toml").read_text()
     assert 'init_from = "scratch"' in (configs / "clf-scratch.toml").read_text()
+    epoch2 = read_toml(configs / "clf-epoch2.toml")
+    first = read_toml(configs / "classifier.toml")
+    assert epoch2["init_from"] == str(tmp_path / "work" / "classifier")
+    assert (epoch2["learning_rate"], epoch2["min_lr"]) == (first["learning_rate"] / 2, first["min_lr"] / 2)
     assert "lm-data-gpt2" in (configs / "lm-gpt2.toml").read_text()
 
 
