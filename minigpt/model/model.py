@@ -16,7 +16,7 @@ from ..files import load_tensors, read_safetensors_metadata, save_tensors
 from ..errors import MiniGPTError
 from .config import GPTConfig
 from .heads import ClassificationHead, LMHead
-from .attention import causal_mask, padding_causal_mask
+from .attention import padding_causal_mask
 from .cache import KVCache, StaticKVCache
 from .layers import Block, RMSNorm, RotaryEmbedding, norm_layer, positional_embedding
 
@@ -90,7 +90,7 @@ class GPTBackbone(nn.Module):
                     position_ids = torch.arange(past, past + T, device=idx.device)  # (T,)
                 else:
                     position_ids = positions_from_mask(attention_mask)[:, past:]  # (B, T)
-        mask = self.block_mask(attention_mask, T, kv_cache, idx.device)  # None or (B or 1, 1, T, S)
+        mask = self.block_mask(attention_mask, T, kv_cache)  # None or (B, 1, T, S)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -107,19 +107,15 @@ class GPTBackbone(nn.Module):
         return self.ln_f(x)  # (B, T, C)
 
     @staticmethod
-    def block_mask(attention_mask: torch.Tensor | None, T: int, kv_cache: KVCache | None,
-                   device: torch.device) -> torch.Tensor | None:
+    def block_mask(attention_mask: torch.Tensor | None, T: int, kv_cache: KVCache | None) -> torch.Tensor | None:
         """The one mask every block's attention reads, built once here: None for plain causal attention
-        (no padding, and the T queries are all the keys or the newest one), else (B or 1, 1, T, S) bool,
-        True where a query may see a key, S = cached + T keys (every slot of a static cache).
-        A sliding-window or document mask is a change here."""
+        (no padding; the T queries are the last of the keys, which each kernel masks itself), else
+        (B, 1, T, S) bool, True where a query may see a key, S = cached + T keys (every slot of a
+        static cache). A sliding-window or document mask is a change here."""
         if kv_cache is not None and kv_cache.static:
             return padding_causal_mask(attention_mask, T, query_start=kv_cache.pos)  # (B, 1, T, max_len)
         if attention_mask is not None:
             return padding_causal_mask(attention_mask, T)  # (B, 1, T, S)
-        past = kv_cache.length if kv_cache is not None else 0
-        if past and T > 1:  # a chunk after cached tokens: causal, with the queries at the end of the keys
-            return causal_mask(T, past + T, device)[None, None]  # (1, 1, T, S)
         return None
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
