@@ -33,6 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+# What a training step of configs/imdb_lm.toml's model costs at GPT-2's 50,257-token vocabulary against
+# the domain tokenizer's 8,192 (`python bench/vocab_cost.py`, 2026-12-03, Intel Xeon, 2 cores: 2.504
+# against 0.704 s/step); the GPT-2-BPE ablation's LM takes max_iters / this, the domain LM's time.
+GPT2_STEP_COST = 3.56
 
 
 @dataclass
@@ -163,11 +167,15 @@ def plan(args: argparse.Namespace) -> list[Stage]:
                                          "half its learning rates",
                                          {"init_from": str(work / "classifier"),
                                           "learning_rate": clf_now["learning_rate"] / 2, "min_lr": clf_now["min_lr"] / 2}))
-        gpt2_lm = write_config(work / "configs" / "lm-gpt2.toml", tomllib.loads(lm.read_text(encoding="utf-8")),
-                               {"data_dir": str(work / "lm-data-gpt2"), "out_dir": str(work / "lm-gpt2")},
-                               "the LM on GPT-2's BPE instead of the domain tokenizer")
+        lm_now = tomllib.loads(lm.read_text(encoding="utf-8"))  # the same time budget: fewer, dearer steps
+        gpt2_lm = write_config(work / "configs" / "lm-gpt2.toml", lm_now,
+                               {"data_dir": str(work / "lm-data-gpt2"), "out_dir": str(work / "lm-gpt2"),
+                                "max_iters": round(lm_now["max_iters"] / GPT2_STEP_COST)},
+                               f"the LM on GPT-2's BPE instead of the domain tokenizer, for the domain LM's time "
+                               f"(a step costs {GPT2_STEP_COST}x)")
         stages += [corpus_stage("corpus-gpt2", "gpt2", work / "lm-data-gpt2", ablation=True),
-                   train_stage("lm-gpt2", "pretrain the same LM on GPT-2 BPE tokens", gpt2_lm, work / "lm-gpt2",
+                   train_stage("lm-gpt2", "pretrain the same LM on GPT-2 BPE tokens, in the same time",
+                               gpt2_lm, work / "lm-gpt2",
                                "ckpt_last.safetensors", ablation=True),
                    classifier_variant("clf-gpt2", "from the GPT-2-BPE LM", {"init_from": str(work / "lm-gpt2")})]
     return stages

@@ -1,29 +1,18 @@
 """The bag-of-words baselines in bench/: NBSVM (Wang & Manning 2012) against loops and plain
 scikit-learn models written here, and both scripts end to end on a small synthetic review set."""
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_bench
 from minigpt.config_schema import build_config
 from minigpt.train.finetune import ClassifyConfig, load_splits
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench(name: str):
-    """bench/<name>.py as a module (bench/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 nbsvm = load_bench("nbsvm_baseline")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config_schema import read_toml
 
@@ -127,7 +128,9 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     first = read_toml(configs / "classifier.toml")
     assert epoch2["init_from"] == str(tmp_path / "work" / "classifier")
     assert (epoch2["learning_rate"], epoch2["min_lr"]) == (first["learning_rate"] / 2, first["min_lr"] / 2)
-    assert "lm-data-gpt2" in (configs / "lm-gpt2.toml").read_text()
+    gpt2_lm, lm = read_toml(configs / "lm-gpt2.toml"), read_toml(configs / "lm.toml")
+    assert gpt2_lm["data_dir"] == str(tmp_path / "work" / "lm-data-gpt2")
+    assert gpt2_lm["max_iters"] == round(lm["max_iters"] / load_bench("imdb_pipeline").GPT2_STEP_COST) < lm["max_iters"]  # the same time
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
