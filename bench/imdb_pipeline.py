@@ -2,7 +2,7 @@
 classifier, the bag-of-words baselines and a report, each stage timed and resumable.
 
     python bench/imdb_pipeline.py                  # about 2 hours on 2 CPU cores, into out-imdb/
-    python bench/imdb_pipeline.py --ablations      # then the ablation rows and a longer-budget point
+    python bench/imdb_pipeline.py --ablations      # then the ablation rows and the longer-budget points
     make imdb                                      # the first line
 
 Reads ../shared/data/imdb/{train,unsup}.jsonl (--data). The classifier's train/val/test split is carved
@@ -174,10 +174,19 @@ def plan(args: argparse.Namespace) -> list[Stage]:
                                f"the LM on GPT-2's BPE instead of the domain tokenizer, for the domain LM's time "
                                f"(a step costs {GPT2_STEP_COST}x)")
         stages += [corpus_stage("corpus-gpt2", "gpt2", work / "lm-data-gpt2", ablation=True),
-                   train_stage("lm-gpt2", "pretrain the same LM on GPT-2 BPE tokens, in the same time",
-                               gpt2_lm, work / "lm-gpt2",
-                               "ckpt_last.safetensors", ablation=True),
+                   train_stage("lm-gpt2", "pretrain the same LM on GPT-2 BPE tokens, in the same time", gpt2_lm,
+                               work / "lm-gpt2", "ckpt_last.safetensors", ablation=True),
                    classifier_variant("clf-gpt2", "from the GPT-2-BPE LM", {"init_from": str(work / "lm-gpt2")})]
+        # a longer budget on the LM's side: the LM trained as long again (continued from itself, a fresh optimizer
+        # at half its learning rates, another seed so that it draws other windows), then the classifier from it
+        lm_2x = write_config(work / "configs" / "lm-2x.toml", lm_now,
+                             {"init_from": str(work / "lm"), "out_dir": str(work / "lm-2x"),
+                              "seed": lm_now.get("seed", 1337) + 1,
+                              **{k: lm_now[k] / 2 for k in ("learning_rate", "min_lr", "muon_lr")}},
+                             "the LM trained as long again, from itself, at half its learning rates")
+        stages += [train_stage("lm-2x", "pretrain the LM as long again (continued, half the learning rates)", lm_2x,
+                               work / "lm-2x", "ckpt_last.safetensors", ablation=True),
+                   classifier_variant("clf-lm-2x", "from the LM trained twice as long", {"init_from": str(work / "lm-2x")})]
     return stages
 
 
@@ -278,7 +287,8 @@ def main() -> None:
                    help="folder with train.jsonl and unsup.jsonl (default ../shared/data/imdb)")
     p.add_argument("--work", default="out-imdb", help="folder for every output (default out-imdb)")
     p.add_argument("--ablations", action="store_true", help="also the ablation stages (long-text rules, no "
-                   "pretraining, GPT-2 BPE) and a longer-budget point (a second classifier epoch)")
+                   "pretraining, GPT-2 BPE) and two longer-budget points (a second classifier epoch; the LM "
+                   "trained twice as long)")
     p.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
     for name in ("tokenizer", "corpus", "lm", "classifier"):
         p.add_argument(f"--{name}", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

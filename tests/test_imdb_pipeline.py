@@ -120,7 +120,7 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     assert listed.returncode == 0, listed.stderr
     names = [line.split(":")[0] for line in listed.stdout.splitlines() if line and not line.startswith(" ")]
     assert names == ["tokenizer", "corpus", "lm", "classifier", "tfidf", "nbsvm", "clf-head", "clf-head_tail",
-                     "clf-scratch", "clf-epoch2", "corpus-gpt2", "lm-gpt2", "clf-gpt2"]
+                     "clf-scratch", "clf-epoch2", "corpus-gpt2", "lm-gpt2", "clf-gpt2", "lm-2x", "clf-lm-2x"]
     configs = tmp_path / "work" / "configs"
     assert 'long_text = "truncate"' in (configs / "clf-head_tail.toml").read_text()
     assert 'init_from = "scratch"' in (configs / "clf-scratch.toml").read_text()
@@ -131,6 +131,11 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     gpt2_lm, lm = read_toml(configs / "lm-gpt2.toml"), read_toml(configs / "lm.toml")
     assert gpt2_lm["data_dir"] == str(tmp_path / "work" / "lm-data-gpt2")
     assert gpt2_lm["max_iters"] == round(lm["max_iters"] / load_bench("imdb_pipeline").GPT2_STEP_COST) < lm["max_iters"]  # the same time
+    lm_2x = read_toml(configs / "lm-2x.toml")
+    assert lm_2x["init_from"] == str(tmp_path / "work" / "lm") and lm_2x["max_iters"] == lm["max_iters"]
+    assert lm_2x["seed"] != lm.get("seed", 1337)  # other windows than the first run's
+    assert [lm_2x[k] for k in ("learning_rate", "min_lr", "muon_lr")] == [lm[k] / 2 for k in ("learning_rate", "min_lr", "muon_lr")]
+    assert read_toml(configs / "clf-lm-2x.toml")["init_from"] == str(tmp_path / "work" / "lm-2x")
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
