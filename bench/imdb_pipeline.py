@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 # What a training step of configs/imdb_lm.toml's model costs at GPT-2's 50,257-token vocabulary against
-# the domain tokenizer's 8,192 (`python bench/vocab_cost.py`, 2026-12-03, Intel Xeon, 2 cores: 2.504
-# against 0.704 s/step); the GPT-2-BPE ablation's LM takes max_iters / this, the domain LM's time.
-GPT2_STEP_COST = 3.56
+# the domain tokenizer's 8,192 (`python bench/vocab_cost.py`, 2026-12-03, Intel Xeon, 2 cores: 1.594
+# against 0.655 s/step); the GPT-2-BPE ablation's LM takes max_iters / this, the domain LM's time.
+GPT2_STEP_COST = 2.43
 
 
 @dataclass

@@ -6,7 +6,7 @@ timed side by side on this machine, and how many steps of each fit the time of t
 
 Each row builds the config's model (its shape, dtype, optimizer and torch.compile setting) with that
 many vocabulary rows and times full training steps (forward, backward, optimizer) on random tokens
-of batch_size x block_size. The rows run in alternation, a few steps at a time, so that a machine
+of batch_size x block_size, with the process's memory set up as the trainer sets it. The rows run in alternation, a few steps at a time, so that a machine
 whose speed drifts (a shared host) hits every row alike; each row's figure is the median over the
 rounds. "equal-time steps" is max_iters scaled by the first row's cost: the steps a run at that
 vocabulary can take in the time the config's run takes at the first size. The IMDb pipeline's
@@ -22,7 +22,7 @@ import time
 import torch
 
 from minigpt.config_schema import build_config
-from minigpt.device import autocast, resolve_dtype, seed_everything
+from minigpt.device import autocast, keep_freed_host_memory, resolve_dtype, seed_everything
 from minigpt.model.model import GPT
 from minigpt.train.optim import optimizer_for
 from minigpt.train.pretrain import PretrainConfig
@@ -64,6 +64,7 @@ def main() -> None:
         raise SystemExit("--vocab sizes must be at least 2, --rounds and --steps at least 1")
     cfg = build_config(PretrainConfig, args.config)
     dtype = resolve_dtype(CPU, cfg.dtype)
+    keep_freed_host_memory()  # as the trainer does: a big vocabulary's logits would otherwise fault in afresh each step
     rows = {}
     for vocab in args.vocab:
         model, step = stepper(cfg, vocab, dtype)
