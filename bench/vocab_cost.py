@@ -6,9 +6,9 @@ timed side by side on this machine, and how many steps of each fit the time of t
 
 Each row builds the config's model (its shape, dtype, optimizer and torch.compile setting) with that
 many vocabulary rows and times full training steps (forward, backward, optimizer) on random tokens
-of batch_size x block_size, with the process's memory set up as the trainer sets it. The rows run in alternation, a few steps at a time, so that a machine
-whose speed drifts (a shared host) hits every row alike; each row's figure is the median over the
-rounds. "equal-time steps" is max_iters scaled by the first row's cost: the steps a run at that
+of batch_size x block_size, with the allocator set as the trainer sets it. The rows run in
+alternation, a few steps at a time, so that a machine whose speed drifts (a shared host) hits every
+row alike; each row's figure is the median over the rounds. "equal-time steps" is max_iters scaled by the first row's cost: the steps a run at that
 vocabulary can take in the time the config's run takes at the first size. The IMDb pipeline's
 GPT-2-BPE ablation (bench/imdb_pipeline.py --ablations) trains its LM for that many steps.
 """

@@ -13,8 +13,6 @@ from conftest import load_bench
 from minigpt.config_schema import build_config
 from minigpt.train.finetune import ClassifyConfig, load_splits
 
-
-
 nbsvm = load_bench("nbsvm_baseline")
 tfidf = load_bench("tfidf_baseline")
 

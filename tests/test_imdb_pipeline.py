@@ -130,11 +130,13 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     assert (epoch2["learning_rate"], epoch2["min_lr"]) == (first["learning_rate"] / 2, first["min_lr"] / 2)
     gpt2_lm, lm = read_toml(configs / "lm-gpt2.toml"), read_toml(configs / "lm.toml")
     assert gpt2_lm["data_dir"] == str(tmp_path / "work" / "lm-data-gpt2")
-    assert gpt2_lm["max_iters"] == round(lm["max_iters"] / load_bench("imdb_pipeline").GPT2_STEP_COST) < lm["max_iters"]  # the same time
+    step_cost = load_bench("imdb_pipeline").GPT2_STEP_COST
+    assert gpt2_lm["max_iters"] == round(lm["max_iters"] / step_cost) < lm["max_iters"]  # the same time
     lm_2x = read_toml(configs / "lm-2x.toml")
     assert lm_2x["init_from"] == str(tmp_path / "work" / "lm") and lm_2x["max_iters"] == lm["max_iters"]
     assert lm_2x["seed"] != lm.get("seed", 1337)  # other windows than the first run's
-    assert [lm_2x[k] for k in ("learning_rate", "min_lr", "muon_lr")] == [lm[k] / 2 for k in ("learning_rate", "min_lr", "muon_lr")]
+    rates = ("learning_rate", "min_lr", "muon_lr")
+    assert [lm_2x[k] for k in rates] == [lm[k] / 2 for k in rates]
     assert read_toml(configs / "clf-lm-2x.toml")["init_from"] == str(tmp_path / "work" / "lm-2x")
 
 
