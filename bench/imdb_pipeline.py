@@ -181,13 +181,21 @@ def plan(args: argparse.Namespace) -> list[Stage]:
         # at half its learning rates, another seed so that it draws other windows), then the classifier from it
         lm_2x = write_config(work / "configs" / "lm-2x.toml", lm_now,
                              {"init_from": str(work / "lm"), "out_dir": str(work / "lm-2x"),
-                              "seed": lm_now.get("seed", 1337) + 1,
+                              "seed": lm_seed(lm) + 1,
                               **{k: lm_now[k] / 2 for k in ("learning_rate", "min_lr", "muon_lr")}},
                              "the LM trained as long again, from itself, at half its learning rates")
         stages += [train_stage("lm-2x", "pretrain the LM as long again (continued, half the learning rates)", lm_2x,
                                work / "lm-2x", "ckpt_last.safetensors", ablation=True),
                    classifier_variant("clf-lm-2x", "from the LM trained twice as long", {"init_from": str(work / "lm-2x")})]
     return stages
+
+
+def lm_seed(config: Path) -> int:
+    """The seed an LM config trains with (its own, else the loop's default)."""
+    from minigpt.config_schema import build_config
+    from minigpt.train.pretrain import PretrainConfig
+
+    return build_config(PretrainConfig, config).seed
 
 
 def settings_of(stage: Stage) -> str:
