@@ -12,9 +12,10 @@ split's *training* texts only (never a val or test review). Settings live in con
 ``--classifier``, ``--tokenizer``, ``--corpus``) change one for this run. The resolved configs are written
 to WORK/configs/ and every stage's command, wall time and outcome to WORK/pipeline.json.
 
-Run the same command again after an interruption (Ctrl-C, a crash, the end of a session): finished
-stages are skipped, corpus preparation continues where it stopped, and a training stage continues from
-its last checkpoint (--resume). WORK/report.md holds the table at the end.
+Run the same command again after an interruption (Ctrl-C, a crash, the end of a session): finished stages
+are skipped, corpus preparation continues where it stopped, and a training stage continues from its last
+checkpoint (--resume). ``--only STAGE ...`` runs some stages alone (what they read from earlier stages must
+be there). WORK/report.md holds the table at the end.
 """
 
 from __future__ import annotations
@@ -298,6 +299,9 @@ def main() -> None:
                    "pretraining, GPT-2 BPE) and two longer-budget points (a second classifier epoch; the LM "
                    "trained twice as long)")
     p.add_argument("--list", action="store_true", help="print the stages and their commands, run nothing")
+    p.add_argument("--only", nargs="+", default=[], metavar="STAGE",
+                   help="run just these stages (names as --list prints them), in the plan's order; what they read "
+                   "from earlier stages must be there (e.g. --ablations --only corpus-gpt2 lm-gpt2 clf-gpt2)")
     for name in ("tokenizer", "corpus", "lm", "classifier"):
         p.add_argument(f"--{name}", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help=f"change a {name} setting (repeatable)")
@@ -310,6 +314,10 @@ def main() -> None:
     record_path = work / "pipeline.json"
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"stages": {}}
     stages = plan(args)
+    unknown = [name for name in args.only if name not in {s.name for s in stages}]
+    if unknown:
+        raise SystemExit(f"--only: no stage {', '.join(map(repr, unknown))} in this plan; its stages are "
+                         f"{', '.join(s.name for s in stages)}" + ("" if args.ablations else " (more with --ablations)"))
     if args.list:
         for stage in stages:
             print(f"{stage.name}: {stage.what}\n    {' '.join(stage.command)}")
@@ -321,6 +329,8 @@ def main() -> None:
             log_file.flush()
 
         for stage in stages:
+            if args.only and stage.name not in args.only:
+                continue
             entry = record["stages"].get(stage.name)
             if entry and entry.get("done") and stage.done.is_file():
                 if entry.get("settings", settings_of(stage)) != settings_of(stage):

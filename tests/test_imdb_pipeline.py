@@ -140,9 +140,22 @@ def test_the_plan_with_ablations_lists_each_one_change(tmp_path):
     assert read_toml(configs / "clf-lm-2x.toml")["init_from"] == str(tmp_path / "work" / "lm-2x")
 
 
+def test_only_runs_the_named_stages_and_nothing_before_them(tmp_path):
+    imdb_like(tmp_path / "imdb", 60, 10)
+    work = tmp_path / "work"
+    done = run("--data", str(tmp_path / "imdb"), "--work", str(work), "--only", "tfidf")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "=== tfidf:" in done.stdout and "=== tokenizer" not in done.stdout
+    assert list(json.loads((work / "pipeline.json").read_text())["stages"]) == ["tfidf"]
+    assert not (work / "tokenizer").exists() and (work / "tfidf.json").is_file()
+
+
 def test_bad_settings_are_one_line_errors(tmp_path):
     missing = run("--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "work"))
     assert missing.returncode != 0 and "train.jsonl not found" in missing.stderr
     imdb_like(tmp_path / "imdb", 10, 10)
     bad = run("--data", str(tmp_path / "imdb"), "--work", str(tmp_path / "work"), "--lm", "n_layer")
     assert bad.returncode != 0 and "--lm takes KEY=VALUE, got 'n_layer'" in bad.stderr
+    typo = run("--data", str(tmp_path / "imdb"), "--work", str(tmp_path / "work"), "--only", "lm-gtp2")
+    assert typo.returncode != 0 and typo.stderr.strip().splitlines()[-1].startswith("--only: no stage 'lm-gtp2'")
+    assert "(more with --ablations)" in typo.stderr
