@@ -311,6 +311,17 @@ def main() -> None:
             raise SystemExit(f"{Path(args.data) / name} not found: --data must be a folder with train.jsonl and unsup.jsonl")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    from minigpt.errors import MiniGPTError
+    from minigpt.locks import hold_lock
+
+    try:
+        with hold_lock(work, "IMDb pipeline"):  # two pipelines in one folder would overwrite each other's record
+            run_pipeline(args, work)
+    except MiniGPTError as err:
+        raise SystemExit(str(err)) from None
+
+
+def run_pipeline(args: argparse.Namespace, work: Path) -> None:
     record_path = work / "pipeline.json"
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"stages": {}}
     stages = plan(args)

@@ -13,6 +13,7 @@ import pytest
 from conftest import load_bench
 from minigpt.checkpoint import load_checkpoint
 from minigpt.config_schema import read_toml
+from minigpt.locks import hold_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "bench" / "imdb_pipeline.py"
@@ -148,6 +149,17 @@ def test_only_runs_the_named_stages_and_nothing_before_them(tmp_path):
     assert "=== tfidf:" in done.stdout and "=== tokenizer" not in done.stdout
     assert list(json.loads((work / "pipeline.json").read_text())["stages"]) == ["tfidf"]
     assert not (work / "tokenizer").exists() and (work / "tfidf.json").is_file()
+
+
+def test_a_second_pipeline_in_the_same_folder_is_a_one_line_error(tmp_path):
+    imdb_like(tmp_path / "imdb", 10, 10)
+    work = tmp_path / "work"
+    work.mkdir()
+    with hold_lock(work, "IMDb pipeline"):  # as a running pipeline holds it
+        second = run("--data", str(tmp_path / "imdb"), "--work", str(work), "--only", "tfidf")
+    assert second.returncode != 0 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines()[-1].startswith(f"{work} is in use by another IMDb pipeline (pid ")
+    assert not (work / "pipeline.json").exists() and not (work / "configs").exists()
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
