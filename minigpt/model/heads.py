@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from ..errors import MiniGPTError
 
-POOLINGS = ("last", "mean", "first")
+POOLINGS = ("last", "mean", "first", "max", "concat")
+POOLED_WIDTH = {"concat": 3}  # concat reads the C features three ways: (B, 3C); every other pooling gives (B, C)
 
 
 class LMHead(nn.Module):
@@ -29,8 +30,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
     """One vector per sequence from (B, T, C), ignoring padding: (B, C).
 
     "last": the last real token (in a causal model the only one that has read the whole text);
-    "mean": the average over real tokens; "first": the first real token. Works for right or left
-    padding, since real positions are read from the mask.
+    "mean": the average over real tokens; "first": the first real token; "max": each feature's
+    largest value over real tokens; "concat": [last; max; mean] side by side, (B, 3C) (ULMFiT's
+    concat pooling, Howard & Ruder 2018). Works for right or left padding, since real positions are
+    read from the mask.
     """
     B, T, _ = hidden.shape
     if attention_mask is None:
@@ -47,13 +50,19 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
     if how == "mean":
         summed = (hidden * mask[..., None]).sum(dim=1)  # (B, C)
         return summed / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    if how == "max":
+        real = attention_mask.bool()[..., None]  # (B, T, 1)
+        largest = hidden.masked_fill(~real, float("-inf")).amax(dim=1)  # (B, C)
+        return torch.where(real.any(dim=1), largest, 0.0)  # a row with no real token pools to 0, as "mean" does
+    if how == "concat":
+        return torch.cat([pool(hidden, attention_mask, part) for part in ("last", "max", "mean")], dim=-1)  # (B, 3C)
     raise MiniGPTError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
 
 
 class ClassificationHead(nn.Module):
-    """Text classification on top of the backbone: pool (B, T, C) -> (B, C), then an optional hidden
-    layer (Linear -> GELU) and dropout, then Linear -> (B, n_classes) logits (with a bias unless
-    ``bias=False``, as Hugging Face's ``score`` layer)."""
+    """Text classification on top of the backbone: pool (B, T, C) -> (B, C) (or (B, 3C) for "concat"),
+    then an optional hidden layer (Linear -> GELU) and dropout, then Linear -> (B, n_classes) logits
+    (with a bias unless ``bias=False``, as Hugging Face's ``score`` layer)."""
 
     def __init__(self, n_embd: int, n_classes: int, pooling: str = "last", hidden: int | None = None,
                  dropout: float = 0.0, bias: bool = True):
@@ -62,9 +71,10 @@ class ClassificationHead(nn.Module):
             raise MiniGPTError(f"a classification head needs at least 2 classes, got {n_classes}")
         if pooling not in POOLINGS:
             raise MiniGPTError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-        self.n_classes, self.pooling, self.hidden = n_classes, pooling, hidden
-        width = hidden or n_embd
-        self.proj = nn.Sequential(nn.Linear(n_embd, hidden), nn.GELU()) if hidden else nn.Identity()
+        self.n_embd, self.n_classes, self.pooling, self.hidden = n_embd, n_classes, pooling, hidden
+        pooled = n_embd * POOLED_WIDTH.get(pooling, 1)
+        width = hidden or pooled
+        self.proj = nn.Sequential(nn.Linear(pooled, hidden), nn.GELU()) if hidden else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, n_classes, bias=bias)
         nn.init.normal_(self.out.weight, std=0.02)
@@ -72,13 +82,12 @@ class ClassificationHead(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = pool(hidden, attention_mask, self.pooling)  # (B, C)
+        pooled = pool(hidden, attention_mask, self.pooling)  # (B, C), or (B, 3C) for "concat"
         return self.out(self.dropout(self.proj(pooled)))  # (B, n_classes)
 
     def spec(self) -> dict:
         """What builds this head again (stored beside its weights): see ``from_spec``."""
-        first = self.proj[0] if self.hidden else self.out
-        return {"n_embd": first.in_features, "n_classes": self.n_classes, "pooling": self.pooling,
+        return {"n_embd": self.n_embd, "n_classes": self.n_classes, "pooling": self.pooling,
                 "hidden": self.hidden, "dropout": self.dropout.p, "bias": self.out.bias is not None}
 
     @classmethod

@@ -22,7 +22,7 @@ def classifier(backend="sdpa", pooling="last", hidden=None, seed=0):
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "manual"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "first"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "first", "max", "concat"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padded_batch_equals_each_example_alone(backend, pooling, side):
     model = classifier(backend, pooling, hidden=8)
@@ -45,8 +45,29 @@ def test_pooling_reads_real_tokens_only():
     assert pool(hidden, mask, "last").flatten().tolist() == [2.0, 7.0]
     assert pool(hidden, mask, "first").flatten().tolist() == [0.0, 5.0]
     assert pool(hidden, mask, "mean").flatten().tolist() == [1.0, 6.0]
+    assert pool(hidden, mask, "max").flatten().tolist() == [2.0, 7.0]
+    assert pool(-hidden, mask, "max").flatten().tolist() == [0.0, -5.0]  # the padding (-3, -4) is never the max
+    assert pool(hidden, mask, "concat").tolist() == [[2.0, 2.0, 1.0], [7.0, 7.0, 6.0]]  # [last; max; mean]
+    assert pool(hidden, torch.zeros_like(mask), "max").flatten().tolist() == [0.0, 0.0]  # no real token: 0, as mean
     with pytest.raises(MiniGPTError, match="pooling"):
-        pool(hidden, mask, "max")
+        pool(hidden, mask, "min")
+
+
+def test_max_and_concat_pooling_against_a_loop():
+    """Pooling (B, T, C) with ragged masks, against a per-row loop over the real positions only."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 6, 5, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0]])
+    for row in range(3):
+        real = hidden[row, mask[row].bool()]  # (n, C)
+        expected = torch.cat([real[-1], real.max(dim=0).values, real.mean(dim=0)])
+        torch.testing.assert_close(pool(hidden, mask, "concat")[row], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(pool(hidden, mask, "max")[row], real.max(dim=0).values, atol=0, rtol=0)
+    head = ClassificationHead(5, 2, pooling="concat", hidden=4)
+    assert head.proj[0].in_features == 15 and head.spec()["n_embd"] == 5  # it reads 3C, it sits on C
+    again = ClassificationHead.from_spec(head.spec())
+    again.load_state_dict(head.state_dict())
+    torch.testing.assert_close(again(hidden, mask), head(hidden, mask), atol=0, rtol=0)
 
 
 def test_head_swap_leaves_backbone_untouched_and_heads_reload(tmp_path):
