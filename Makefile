@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) sample.py --ckpt out-demo --prompt "ROMEO:" --max_new_tokens=400
 
 # IMDb from nothing: domain tokenizer -> leak-free LM corpus -> pretraining -> fine-tuning -> baselines ->
-# out-imdb/report.md (about 2 hours on 2 CPU cores; reads ../shared/data/imdb). Run it again to continue.
+# out-imdb/report.md (80 min to 2.5 h on 2 CPU cores; reads ../shared/data/imdb). Run it again to continue.
 imdb: $(STAMP)
 	$(PY) bench/imdb_pipeline.py
 
