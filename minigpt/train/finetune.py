@@ -88,7 +88,8 @@ class ClassifyConfig(LoopConfig, ModelFields):
                                      "read as U+FFFD), gpt2, or the path of a tokenizer folder or tokenizer.json (python "
                                      "-m minigpt tokenizer trains one); with a pretrained init_from, a path must be its "
                                      f"tokenizer [{' | '.join(TOKENIZER_KINDS)} | PATH]")
-    pooling: str = setting("last", "how the head reads the real tokens (concat: [last; max; mean], 3x as wide)", POOLINGS, section="head")
+    pooling: str = setting("last", "how the head reads the real tokens (concat: [last; max; mean], 3x as wide)",
+                           POOLINGS, section="head")
     head_hidden: int = setting(0, "width of a hidden layer in the head (0: a single linear layer)", within=AT_LEAST_0)
     head_dropout: float = setting(0.0, "dropout before the head's output layer", within=UNIT)
     head_bias: bool = setting(True, "a bias in the head's output layer (Hugging Face's score layer has none: a "
