@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..errors import MiniGPTError
 
 POOLINGS = ("last", "mean", "first", "max", "concat")
-POOLED_WIDTH = {"concat": 3}  # concat reads the C features three ways: (B, 3C); every other pooling gives (B, C)
+CONCAT = ("last", "max", "mean")  # what "concat" puts side by side: (B, 3C); every other pooling gives (B, C)
 
 
 class LMHead(nn.Module):
@@ -55,7 +55,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
         largest = hidden.masked_fill(~real, float("-inf")).amax(dim=1)  # (B, C)
         return torch.where(real.any(dim=1), largest, 0.0)  # a row with no real token pools to 0, as "mean" does
     if how == "concat":
-        return torch.cat([pool(hidden, attention_mask, part) for part in ("last", "max", "mean")], dim=-1)  # (B, 3C)
+        return torch.cat([pool(hidden, attention_mask, part) for part in CONCAT], dim=-1)  # (B, 3C)
     raise MiniGPTError(f"unknown pooling {how!r}; expected one of {POOLINGS}")
 
 
@@ -72,7 +72,7 @@ class ClassificationHead(nn.Module):
         if pooling not in POOLINGS:
             raise MiniGPTError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         self.n_embd, self.n_classes, self.pooling, self.hidden = n_embd, n_classes, pooling, hidden
-        pooled = n_embd * POOLED_WIDTH.get(pooling, 1)
+        pooled = n_embd * (len(CONCAT) if pooling == "concat" else 1)
         width = hidden or pooled
         self.proj = nn.Sequential(nn.Linear(pooled, hidden), nn.GELU()) if hidden else nn.Identity()
         self.dropout = nn.Dropout(dropout)
