@@ -53,6 +53,7 @@ BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, 
 AT_LEAST_0, AT_LEAST_1 = Range(0), Range(1)
 POSITIVE = Range(0, low_open=True)
 UNIT = Range(0, 1, high_open=True)  # dropout rates, Adam's betas
+FRACTION = Range(0, 1, low_open=True)  # a factor that may shrink a value but not zero it
 SEEDS = Range(0, 2**63 - 2**20)  # what a torch generator holds, with room for the offsets added per process
 
 

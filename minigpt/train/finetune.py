@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..files import write_json
-from ..config_schema import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, build_config, read_toml, setting
+from ..config_schema import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, UNIT, build_config, read_toml, setting
 from ..data.labelled import (FORMATS, EncodedTexts, LabelledText, class_weights, downsample, label_map,
                              read_labelled, stratified_split)
 from ..data.padding import LONG_TEXT_KEYS, LONG_TEXTS, TRUNCATIONS, WINDOW_POOLS, LongText
@@ -34,7 +34,7 @@ from ..model.lora import apply_lora
 from ..model.model import GPT, GPTBackbone, GPTClassifier
 from .config import TASK_HELP, LoopConfig, ModelFields
 from .loop import Distributed, Task, batch_seed, distributed, fit, run_folder
-from .optim import optimizer_for
+from .optim import layer_lr_scales, optimizer_for
 from .plots import plot_confusion
 from .registry import TaskSpec
 
@@ -102,6 +102,9 @@ class ClassifyConfig(LoopConfig, ModelFields):
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", within=UNIT)
     lora_targets: str = setting("c_attn,attn.c_proj", "comma-separated layer names to wrap with LoRA")
     head_lr_scale: float = setting(1.0, "the head learns at learning_rate x this", within=POSITIVE)
+    layer_lr_decay: float = setting(1.0, "discriminative fine-tuning (ULMFiT): the last block learns at learning_rate, "
+                                         "each block below at this x the one above, the embeddings lowest (1: all "
+                                         "alike)", within=FRACTION)
     epochs: float = setting(0.0, "if > 0, sets max_iters to this many passes over the training set", within=AT_LEAST_0,
                             section="selection")
     metric: str = setting("accuracy", "val metric for the best checkpoint and early stopping", METRICS)
@@ -360,7 +363,8 @@ def classification_task(cfg: ClassifyConfig, model: GPTClassifier, tok: Tokenize
             "text_columns": len(cfg.text_column.split(",")), "text_separator": cfg.text_separator,
             "lora": {"targets": cfg.lora_target_names, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if lora else None}
     return Task(
-        model=model, optimizer=optimizer_for(model.backbone, [(model.backbone, 1.0), (model.heads, cfg.head_lr_scale)], cfg, device), batch=batch,
+        model=model, optimizer=optimizer_for(model.backbone, [*layer_lr_scales(model.backbone, cfg.layer_lr_decay),
+                                                        (model.heads, cfg.head_lr_scale)], cfg, device), batch=batch,
         loss=lambda m, b: F.cross_entropy(text_logits(m, b, cfg.window_pool).float(), b[2], weight=weights),
         evaluate=evaluate,
         score=f"val_{cfg.metric}", higher_is_better=cfg.metric != "loss", meta=meta,

@@ -370,7 +370,15 @@ class Run:
             check_resumable(ckpt, self.task.meta, self.cfg.max_iters, self.task.same_on_resume)
         ckpt.load_model(self.task.model)
         if ckpt.optimizer_state() is not None and not self.cfg.eval_only:
-            self.task.optimizer.load_state_dict(ckpt.optimizer_state())
+            settings = [{k: v for k, v in g.items() if k != "params"} for g in self.task.optimizer.param_groups]
+            try:
+                self.task.optimizer.load_state_dict(ckpt.optimizer_state())
+            except ValueError as e:  # torch: a different number or size of parameter groups
+                raise MiniGPTError(f"{ckpt.path}: its optimizer state does not fit this run's parameter groups ({e}); "
+                                   f"resume with the settings it was trained with (optimizer, strategy, "
+                                   f"layer_lr_decay) or start again with --overwrite") from None
+            for group, setting in zip(self.task.optimizer.param_groups, settings):
+                group.update(setting)  # the moments come back; rates and decay are this run's config (torch keeps the saved)
         if ckpt.meta.get("scaler"):
             self.scaler.load_state_dict(ckpt.meta["scaler"])
         self.iter_num, self.best = ckpt.meta["iter_num"], ckpt.meta.get("best_score")
@@ -515,8 +523,8 @@ class Run:
         lr = learning_rate(self.iter_num, self.cfg)
         for group in self.task.optimizer.param_groups:
             # a group may run at a multiple of the schedule; Muon's follow its shape from muon_lr
-            scale = self.cfg.muon_lr / self.cfg.learning_rate if group.get("muon") else group.get("lr_scale", 1.0)
-            group["lr"] = lr * scale
+            peak = self.cfg.muon_lr / self.cfg.learning_rate if group.get("muon") else 1.0
+            group["lr"] = lr * peak * group.get("lr_scale", 1.0)
         step_loss = torch.zeros((), device=self.device)
         first = self.ddp.rank * self.accum
         batch = self.task.batch(self.iter_num, first)

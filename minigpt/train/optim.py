@@ -70,18 +70,36 @@ class Optimizers:
 def optimizer_for(model: nn.Module, parameters: list[tuple[nn.Module, float]], cfg,
                   device: torch.device) -> torch.optim.Optimizer | Optimizers:
     """The optimizer ``cfg`` (a ``LoopConfig``) asks for. ``parameters``: (module, lr_scale) pairs whose
-    trainable parameters it updates, each AdamW group at ``lr_scale`` x the schedule; with
+    trainable parameters it updates, each group at ``lr_scale`` x the schedule; with
     ``optimizer = "muon"`` Muon takes the matrices of ``model``'s blocks (``model.backbone.h`` or
-    ``model.h``). Frozen parameters are in no group."""
+    ``model.h``), at muon_lr x the same scale. Frozen parameters are in no group."""
     blocks = model.backbone.h if hasattr(model, "backbone") else model.h
-    on_muon = muon_matrices(blocks) if cfg.optimizer == "muon" else []
-    taken = {id(p) for p in on_muon}
-    groups = [group for module, lr_scale in parameters
-              for group in decay_groups([p for p in module.parameters() if id(p) not in taken], cfg.weight_decay,
-                                        lr_scale=lr_scale)]
+    on_muon = {id(p) for p in muon_matrices(blocks)} if cfg.optimizer == "muon" else set()
+    groups, muon_groups = [], []
+    for module, lr_scale in parameters:
+        params = [p for p in module.parameters() if p.requires_grad]
+        groups += decay_groups([p for p in params if id(p) not in on_muon], cfg.weight_decay, lr_scale=lr_scale)
+        matrices = [p for p in params if id(p) in on_muon]
+        if matrices:
+            muon_groups.append({"params": matrices, "muon": True, "lr_scale": lr_scale})
     adam = adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
-    if not on_muon:
+    if not muon_groups:
         return adam
-    muon = torch.optim.Muon([{"params": on_muon, "muon": True}], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+    muon = torch.optim.Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
                             weight_decay=cfg.muon_weight_decay, nesterov=True, adjust_lr_fn="original")
     return Optimizers(muon, adam)
+
+
+def layer_lr_scales(backbone: nn.Module, decay: float) -> list[tuple[nn.Module, float]]:
+    """(module, lr_scale) pairs covering a ``GPTBackbone`` for discriminative fine-tuning (Howard &
+    Ruder 2018, ULMFiT): the final norm and the last block at 1, each block below at ``decay`` x the
+    one above it, the embeddings under the first block at decay ** n_layer. The lower layers hold
+    what pretraining learned about language in general, so they move least. Decay 1: the backbone
+    in one piece (the groups of runs from before this option, so they resume)."""
+    if decay == 1:
+        return [(backbone, 1.0)]
+    n = len(backbone.h)
+    embeddings = [m for m in (backbone.wte, backbone.wpe) if m is not None]
+    return [*((m, decay ** n) for m in embeddings),
+            *((block, decay ** (n - 1 - i)) for i, block in enumerate(backbone.h)),
+            (backbone.ln_f, 1.0)]

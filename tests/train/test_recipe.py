@@ -17,8 +17,8 @@ from minigpt.checkpoint import LAST, load_checkpoint
 from minigpt.model.heads import ClassificationHead
 from minigpt.model.lora import apply_lora
 from minigpt.model.model import GPTClassifier
-from minigpt.train.loop import learning_rate
-from minigpt.train.optim import Optimizers, optimizer_for
+from minigpt.train.loop import Distributed, Task, fit, learning_rate
+from minigpt.train.optim import Optimizers, layer_lr_scales, optimizer_for
 from minigpt.train.pretrain import PretrainConfig, train
 
 CPU = torch.device("cpu")
@@ -75,6 +75,63 @@ def test_frozen_parameters_are_in_no_group_and_lora_factors_stay_on_adamw(strate
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("lora_" not in names[id(p)] for p in muon)
     assert (len(muon) > 0) == (strategy == "full")
+
+
+def fit_classifier(out: Path, optimizer: str, d: float, head_scale: float, **kw) -> tuple:
+    """A 3-block classifier trained through the loop with layer_lr_decay d: (model, its optimizer, config,
+    the (module, scale) pairs, the weights before)."""
+    torch.manual_seed(0)
+    backbone = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=3, n_head=2, n_embd=16, bias=True)).backbone
+    model = GPTClassifier(backbone, ClassificationHead(16, 2, "mean"))
+    run = cfg(out=out, **{**dict(optimizer=optimizer, weight_decay=0.0, max_iters=1, warmup_iters=0, grad_clip=0.0), **kw})
+    scales = [*layer_lr_scales(backbone, d), (model.heads, head_scale)]
+    opt = optimizer_for(model.backbone, scales, run, CPU)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = torch.randint(0, 65, (4, 16)), torch.tensor([0, 1, 1, 0])
+    task = Task(model=model, optimizer=opt, batch=lambda it, micro: (x, y),
+                loss=lambda m, b: F.cross_entropy(m(b[0])[0], b[1]), evaluate=lambda m: {"val_loss": 1.0},
+                score="val_loss", higher_is_better=False, meta={}, units_per_step=4)
+    fit(task, run, Distributed(enabled=False), CPU, torch.float32)
+    return model, opt, run, scales, before
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_discriminative_fine_tuning_moves_each_layer_at_its_rate(tmp_path, optimizer):
+    # layer_lr_decay d on 3 blocks: embeddings d^3, block i d^(2 - i), final norm 1, head its own scale. One
+    # AdamW step moves every weight by lr x g / (|g| + eps) ~ lr, so each tensor's largest change is its group's lr.
+    d, head_scale = 0.5, 4.0
+    model, opt, run, scales, before = fit_classifier(tmp_path, optimizer, d, head_scale)
+
+    def expected(name: str) -> float:
+        if name.startswith("backbone.h."):
+            return d ** (2 - int(name.split(".")[2]))
+        if name.startswith("heads."):
+            return head_scale
+        return {"backbone.wte": d ** 3, "backbone.wpe": d ** 3, "backbone.ln_f": 1.0}[name.rsplit(".", 1)[0]]
+
+    lr = learning_rate(0, run)
+    muon = {id(p) for p in groups_of(opt)[0]}
+    assert len(muon) == (12 if optimizer == "muon" else 0)  # 4 matrices a block
+    for name, p in model.named_parameters():
+        if id(p) in muon:  # Muon's step is not ~lr per weight: check the rate the loop gave its group
+            (group,) = [g for g in opt.param_groups if any(q is p for q in g["params"])]
+            assert group["lr"] == pytest.approx(run.muon_lr * expected(name) * lr / run.learning_rate, rel=1e-9), name
+        else:
+            moved = (p.detach() - before[name]).abs().max().item()
+            assert moved == pytest.approx(lr * expected(name), rel=1e-3), name
+    covered = [id(p) for module, _ in scales for p in module.parameters()]
+    assert sorted(covered) == sorted(id(p) for p in model.parameters())  # every parameter in exactly one group
+
+
+def test_a_resumed_run_takes_its_rates_from_the_config_and_its_moments_from_the_checkpoint(tmp_path):
+    fit_classifier(tmp_path, "muon", 0.5, 4.0)
+    model, opt, *_ = fit_classifier(tmp_path, "muon", 0.25, 2.0, resume=True, max_iters=2)
+    scale_of = {id(p): scale for module, scale in layer_lr_scales(model.backbone, 0.25) + [(model.heads, 2.0)]
+                for p in module.parameters()}
+    for group in opt.param_groups:  # torch's load_state_dict would have kept the first run's 0.5 and 4.0
+        assert {scale_of[id(p)] for p in group["params"]} == {group["lr_scale"]}
+    adam = opt.optimizers[1]
+    assert {adam.state[p]["step"].item() for g in adam.param_groups for p in g["params"]} == {2.0}  # moments resumed
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
